@@ -1,1 +1,1 @@
-"""layers."""
+"""nn.Modules of the hybrid DiT (each calls pure ops from ``model.ops``)."""
