@@ -1,0 +1,84 @@
+"""``python -m model``: inspect presets and generate videos from a model bundle.
+
+  python -m model info --preset sana_wm_2b6        parameters per component, built on the meta device
+  python -m model generate --bundle DIR --image first.png --trajectory traj.npz -o out.mp4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from model.config import PRESETS, get_preset
+
+
+def _info(args: argparse.Namespace) -> int:
+    from model.network import SanaWM
+
+    cfg = get_preset(args.preset)
+    with torch.device("meta"):  # no memory, no init cost: the paper-size model is 2.6 B parameters
+        net = SanaWM(cfg.network, cfg.chunks)
+    breakdown = net.parameter_breakdown()
+    n = cfg.network
+    h, w = cfg.latent_hw
+    if args.json:
+        print(json.dumps({"preset": cfg.name, "parameters": breakdown, "config": cfg.to_dict()}, indent=2))
+        return 0
+    print(f"preset {cfg.name}: {n.num_blocks} blocks, hidden {n.hidden_dim} = {n.num_heads} heads x {n.head_dim}, "
+          f"softmax blocks {list(n.softmax_blocks)}, mlp ratio {n.mlp_ratio}, latent channels {n.latent_channels}, "
+          f"text {n.text_dim}-d, Plücker {n.plucker_channels} ch")
+    print(f"video {cfg.video_height}x{cfg.video_width} @ {cfg.fps:g} fps -> latent grid {h}x{w} = {h * w} tokens/frame "
+          f"(VAE stride {cfg.vae.temporal_stride}x{cfg.vae.spatial_stride}x{cfg.vae.spatial_stride})")
+    total = breakdown.pop("total")
+    width = max(len(k) for k in breakdown)
+    for name, count in sorted(breakdown.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:<{width}}  {count:>15,}  {100 * count / total:5.1f} %")
+    print(f"  {'total':<{width}}  {total:>15,}  ({total / 1e9:.3f} B)")
+    per_block = [sum(p.numel() for p in b.parameters()) for b in net.blocks]
+    print(f"  per block: GDN {per_block[0]:,} / softmax "
+          f"{per_block[n.softmax_blocks[0]] if n.softmax_blocks else 0:,}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from PIL import Image
+    import numpy as np
+
+    from components.ingest.video_io import write_video
+    from model.pipeline import WorldModelPipeline
+    from model.trajectory import load_trajectory
+
+    pipe = WorldModelPipeline.from_pretrained(args.bundle)
+    image = np.asarray(Image.open(args.image).convert("RGB"))
+    traj = load_trajectory(args.trajectory)
+    video = pipe.generate(image, traj.c2w, traj.intrinsics, prompt=args.prompt, seed=args.seed, mode=args.mode,
+                          progress=True)
+    write_video(video, args.output, fps=traj.fps)
+    print(f"wrote {args.output}: {video.shape[0]} frames {video.shape[1]}x{video.shape[2]}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m model", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    pi = sub.add_parser("info", help="print parameters per component for a preset (built on the meta device)")
+    pi.add_argument("--preset", default="sana_wm_2b6", choices=sorted(PRESETS))
+    pi.add_argument("--json", action="store_true", help="machine-readable output")
+    pg = sub.add_parser("generate", help="generate a video from a bundle, a first image and a trajectory")
+    pg.add_argument("--bundle", required=True, help="model bundle directory (WorldModelPipeline.save_pretrained)")
+    pg.add_argument("--image", required=True, help="first frame (PNG/JPEG) at the model's resolution")
+    pg.add_argument("--trajectory", required=True, help=".npz with c2w (N,4,4), intrinsics (N,3,3), fps")
+    pg.add_argument("--prompt", default="")
+    pg.add_argument("--seed", type=int, default=0)
+    pg.add_argument("--mode", default="streaming", choices=["streaming", "bidirectional", "few_step"])
+    pg.add_argument("-o", "--output", required=True, help="output .mp4")
+    args = p.parse_args(argv)
+    return _info(args) if args.cmd == "info" else _generate(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
