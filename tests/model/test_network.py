@@ -178,3 +178,15 @@ def test_paper_preset_builds_on_meta():
         net = SanaWM(cfg.network, cfg.chunks)
     total = net.parameter_breakdown()["total"]
     assert 2.2e9 < total < 2.8e9
+
+
+def test_bf16_forward_runs(tiny_cfg):
+    """The bf16 path (the GPU default) works on CPU too and stays close to fp32."""
+    net = _net(tiny_cfg)
+    inp = make_inputs(tiny_cfg, 6)
+    with torch.no_grad():
+        ref = net(**inp)
+        out = net.to(torch.bfloat16)(**inp)
+    assert out.dtype == torch.bfloat16
+    assert torch.isfinite(out).all()
+    assert (out.float() - ref).abs().mean() < 0.05 * ref.abs().mean() + 1e-2

@@ -1,0 +1,105 @@
+"""CLI: ``python -m components.annotate VIDEO --out poses.npz [--depth d.npz] [--intrinsics K.npz] [--scale-free]``
+or ``python -m components.annotate batch --raw data/raw --out data/shards [--workers 2] [--shard-size 16]``.
+
+Single clip: writes an npz with ``c2w`` (N,4,4), ``intrinsics`` (N,3,3), ``fps``, ``confidence``, plus
+``registered`` (N,) and ``metric``. ``--depth``/``--intrinsics`` accept any npz holding ``depth``/``intrinsics``
+(a raw clip's ground-truth npz works for both). Without depth, a monocular ``--depth-model DIR`` or
+``--scale-free`` must be given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from components.annotate.batch import BatchConfig, run_batch
+from components.annotate.poses import estimate_poses
+
+__all__ = ["main"]
+
+
+def _load_key(path: str, key: str) -> np.ndarray:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{key} file {path!r} does not exist")
+    with np.load(p) as z:
+        if key not in z.files:
+            raise ValueError(f"{path!r} has no {key!r} array (found {sorted(z.files)})")
+        return z[key]
+
+
+def _single(args: argparse.Namespace) -> int:
+    from components.ingest.video_io import read_video
+
+    frames, fps = read_video(args.video)
+    depth = _load_key(args.depth, "depth") if args.depth else None
+    K = _load_key(args.intrinsics, "intrinsics") if args.intrinsics else None
+    depth_model = None
+    if args.depth_model:
+        from components.annotate.depth import load_hf_depth_model
+
+        depth_model = load_hf_depth_model(args.depth_model)
+    if depth is None and depth_model is None and not args.scale_free:
+        raise SystemExit("no metric scale source: pass --depth, --depth-model or --scale-free")
+    res = estimate_poses(frames, fps, intrinsics=K, depth=depth, depth_model=depth_model,
+                         scale_free=args.scale_free and depth is None and depth_model is None)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, c2w=res.c2w, intrinsics=res.intrinsics, fps=np.float64(res.fps),
+                     confidence=np.float64(res.confidence), registered=res.registered, metric=np.bool_(res.metric))
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    print(json.dumps({"out": str(out), "frames": len(frames), "confidence": round(res.confidence, 4),
+                      "metric": res.metric, "registered": float(res.registered.mean()),
+                      "intrinsics_source": res.intrinsics_source}))
+    return 0
+
+
+def _batch(args: argparse.Namespace) -> int:
+    cfg = BatchConfig(workers=args.workers, shard_size=args.shard_size, cache_dir=args.cache_dir,
+                      depth_model_path=args.depth_model, use_filters=not args.no_filters,
+                      progress=not args.quiet)
+    summary = run_batch(args.raw, args.out, cfg)
+    print(json.dumps({k: summary[k] for k in ("kept", "dropped", "failed", "computed", "cached", "shards")}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point shared by the CLI, DVC stages and the KFP component. Returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "batch":
+        p = argparse.ArgumentParser(prog="python -m components.annotate batch",
+                                    description="Annotate a raw clip directory into webdataset shards.")
+        p.add_argument("--raw", required=True, help="raw dir with manifest.jsonl, <id>.mp4, optional <id>.npz")
+        p.add_argument("--out", required=True, help="shard output dir")
+        p.add_argument("--workers", type=int, default=2)
+        p.add_argument("--shard-size", type=int, default=16)
+        p.add_argument("--cache-dir", default=None, help="result cache (default <out>/.cache)")
+        p.add_argument("--depth-model", default=None, help="local metric depth checkpoint for clips without depth")
+        p.add_argument("--no-filters", action="store_true", help="skip components.ingest.filters")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        return _batch(p.parse_args(argv[1:]))
+    p = argparse.ArgumentParser(prog="python -m components.annotate",
+                                description="Estimate per-frame camera poses of one video "
+                                            "(use 'batch --help' for directories).")
+    p.add_argument("video")
+    p.add_argument("--out", required=True, help="output poses .npz")
+    p.add_argument("--depth", help="npz with depth (N,H,W) float32 metres")
+    p.add_argument("--intrinsics", help="npz with intrinsics (3,3) or (N,3,3)")
+    p.add_argument("--depth-model", help="local transformers metric-depth checkpoint dir")
+    p.add_argument("--scale-free", action="store_true", help="no depth: poses up to scale (metric=False)")
+    return _single(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

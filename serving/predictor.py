@@ -1,0 +1,218 @@
+"""Request validation and generation for serving: pure Python, no Triton imports.
+
+The Triton adapter (``serving/adapters/model_py.tmpl``), a notebook or a batch job all call the same
+``Predictor.predict``; only the transport differs. Every bad request raises ``RequestError`` (a
+``ValueError``) whose message names the offending input, so the adapter can answer that one request
+with an error while the server stays up.
+
+Frame-count policy (chosen, not rounded): the causal VAE only decodes ``1 + temporal_stride * k`` raw
+frames, so any other ``num_frames`` is *rejected* with a message that names the two nearest valid
+counts. Rounding up would silently need camera poses the client never sent; rounding down would
+silently drop frames the client asked for. ``num_frames`` may be smaller than the trajectory length:
+the first ``num_frames`` poses are used. The smallest video is ``1 + temporal_stride`` frames (the
+conditioning image's latent frame plus one generated latent frame).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MODES = ("streaming", "bidirectional", "few_step")
+SEED_MAX = 2**63 - 1  # the wire type is INT64; torch.Generator.manual_seed takes any non-negative int64
+DEFAULT_LOADER = "model.pipeline:WorldModelPipeline.from_pretrained"
+
+
+class RequestError(ValueError):
+    """A request the model cannot serve; the message names the input and what is wrong with it."""
+
+
+def resolve_loader(spec: str) -> Callable[[Path], Any]:
+    """Turn ``"package.module:attr.attr"`` into the callable it names (e.g. a ``from_pretrained``).
+
+    The loader is a string so a Triton ``config.pbtxt`` parameter can choose it (a quantized-bundle
+    loader, a TensorRT engine wrapper) without touching the adapter.
+    """
+    module_name, _, attr_path = spec.partition(":")
+    if not module_name or not attr_path:
+        raise ValueError(f"loader spec must look like 'package.module:attr', got {spec!r}")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr_path.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"loader {spec!r} resolves to a non-callable {type(obj).__name__}")
+    return obj
+
+
+class Predictor:
+    """Validate a camera-controlled generation request and run the world-model pipeline on it.
+
+    Args:
+        bundle_dir: a model bundle written by ``WorldModelPipeline.save_pretrained``.
+        max_frames: the most raw frames one request may ask for (guards memory and latency).
+        device: torch device string the pipeline runs on.
+        default_mode: sampling mode when a request names none (``streaming``/``bidirectional``/``few_step``).
+        num_steps: denoising steps passed to ``generate`` (None: the bundle's sampler default).
+        loader: ``"module:attr"`` of a callable ``(bundle_dir, device=...) -> pipeline``; the pipeline must offer
+            ``.config`` (a ``WorldModelConfig``) and ``.generate(...)`` as in docs/INTERFACES.md.
+    """
+
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        max_frames: int = 65,
+        device: str = "cpu",
+        default_mode: str = "streaming",
+        num_steps: int | None = None,
+        loader: str = DEFAULT_LOADER,
+    ) -> None:
+        if default_mode not in MODES:
+            raise ValueError(f"default_mode must be one of {MODES}, got {default_mode!r}")
+        if max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+        self.bundle_dir = Path(bundle_dir)
+        if not self.bundle_dir.is_dir():
+            raise FileNotFoundError(f"model bundle directory not found: {self.bundle_dir}")
+        self.max_frames = int(max_frames)
+        self.device = device
+        self.default_mode = default_mode
+        self.num_steps = num_steps
+        self.pipeline = resolve_loader(loader)(self.bundle_dir, device=device)
+        cfg = self.pipeline.config
+        self.height, self.width = int(cfg.video_height), int(cfg.video_width)
+        self.temporal_stride = int(cfg.vae.temporal_stride)
+        self.fps = float(cfg.fps)
+        if self.max_frames < 1 + self.temporal_stride:
+            raise ValueError(f"max_frames={self.max_frames} is below the shortest video this model makes "
+                             f"(1 + {self.temporal_stride} frames)")
+
+    # --- validation ------------------------------------------------------------------------------
+    def valid_frame_counts(self, near: int) -> tuple[int, int]:
+        """The valid raw-frame counts (1 + stride*k, k >= 1) just below and just above ``near``."""
+        s = self.temporal_stride
+        k = (near - 1) // s
+        if k < 1:  # below the shortest video: only one candidate
+            return 1 + s, 1 + s
+        below = 1 + s * k
+        return below, below if (near - 1) % s == 0 else below + s
+
+    def validate(
+        self,
+        image: np.ndarray,
+        c2w: np.ndarray,
+        intrinsics: np.ndarray,
+        seed: int,
+        num_frames: int | None,
+        mode: str | bytes | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int, str]:
+        """Check a request; return (image uint8 (H,W,3), c2w f64 (n,4,4), K f64 (n,3,3), seed, n, mode).
+
+        ``num_frames=None`` means all N poses. Raises ``RequestError`` naming the first problem found.
+        """
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+            raise RequestError(f"IMAGE must be a uint8 array, got {getattr(image, 'dtype', type(image))}")
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise RequestError(f"IMAGE must have shape (H, W, 3), got {image.shape}")
+        if image.shape[:2] != (self.height, self.width):
+            raise RequestError(
+                f"IMAGE is {image.shape[0]}x{image.shape[1]} but this model generates "
+                f"{self.height}x{self.width} (HxW); resize the image first"
+            )
+        c2w = _float_array(c2w, "C2W", (4, 4))
+        intrinsics = _float_array(intrinsics, "INTRINSICS", (3, 3))
+        if c2w.shape[0] != intrinsics.shape[0]:
+            raise RequestError(
+                f"C2W has {c2w.shape[0]} poses but INTRINSICS has {intrinsics.shape[0]}; they must match"
+            )
+        if not np.isfinite(c2w).all():
+            raise RequestError("C2W (trajectory) contains NaN or inf")
+        if not np.isfinite(intrinsics).all():
+            raise RequestError("INTRINSICS contains NaN or inf")
+
+        num_frames = c2w.shape[0] if num_frames is None else _as_int(num_frames, "NUM_FRAMES")
+        min_frames = 1 + self.temporal_stride  # one latent frame beyond the conditioning image
+        if num_frames < min_frames:
+            raise RequestError(f"NUM_FRAMES must be >= {min_frames} (1 + {self.temporal_stride}), got {num_frames}")
+        if num_frames > self.max_frames:
+            raise RequestError(f"NUM_FRAMES={num_frames} is too many frames: this server allows at most "
+                               f"{self.max_frames}")
+        if num_frames > c2w.shape[0]:
+            raise RequestError(f"NUM_FRAMES={num_frames} but the trajectory (C2W) has only {c2w.shape[0]} poses")
+        if (num_frames - 1) % self.temporal_stride:
+            below, above = self.valid_frame_counts(num_frames)
+            raise RequestError(
+                f"NUM_FRAMES={num_frames} is not 1 + {self.temporal_stride}*k (the causal VAE's frame rule); "
+                f"nearest valid counts: {below} or {above}"
+            )
+        c2w, intrinsics = c2w[:num_frames], intrinsics[:num_frames]
+        # Geometry checks (rigid rotation, last row, focal > 0) live in model.camera: one definition.
+        from model.camera import validate_trajectory
+
+        try:
+            validate_trajectory(c2w, intrinsics, name="C2W/INTRINSICS trajectory")
+        except ValueError as err:
+            raise RequestError(str(err)) from err
+
+        seed = _as_int(seed, "SEED")
+        if not 0 <= seed <= SEED_MAX:
+            raise RequestError(f"SEED must be in [0, 2**63-1], got {seed}")
+        mode = self.default_mode if mode in (None, "", b"") else mode
+        if isinstance(mode, bytes):
+            mode = mode.decode("utf-8", errors="replace")
+        if mode not in MODES:
+            raise RequestError(f"MODE must be one of {MODES}, got {mode!r}")
+        return image, c2w, intrinsics, seed, num_frames, mode
+
+    # --- inference -------------------------------------------------------------------------------
+    def predict(
+        self,
+        image: np.ndarray,
+        c2w: np.ndarray,
+        intrinsics: np.ndarray,
+        seed: int = 0,
+        num_frames: int | None = None,
+        mode: str | None = None,
+        prompt: str = "",
+    ) -> np.ndarray:
+        """Generate a video that starts at ``image`` and follows the camera trajectory.
+
+        Args:
+            image: uint8 (H, W, 3), the model's pixel size.
+            c2w: (N, 4, 4) camera-to-world, OpenCV axes, metres.
+            intrinsics: (N, 3, 3) pixel intrinsics.
+            seed: noise seed in [0, 2**63-1]; the same seed gives the same video.
+            num_frames: raw frames n <= N, of the form 1 + temporal_stride*k, k >= 1 (None: all N poses).
+            mode: sampling mode (None: ``default_mode``).
+        Returns:
+            uint8 (n, H, W, 3).
+        """
+        image, c2w, intrinsics, seed, n, mode = self.validate(image, c2w, intrinsics, seed, num_frames, mode)
+        video = self.pipeline.generate(image, c2w, intrinsics, prompt=prompt, seed=seed, mode=mode,
+                                       num_steps=self.num_steps, progress=False)
+        video = np.asarray(video)
+        expected = (n, self.height, self.width, 3)
+        # A wrong output is a model bug, not the client's fault: RuntimeError, not RequestError.
+        if video.shape != expected or video.dtype != np.uint8:
+            raise RuntimeError(f"pipeline returned {video.dtype} {video.shape}, expected uint8 {expected}")
+        return video
+
+
+def _float_array(x: Any, name: str, tail: tuple[int, int]) -> np.ndarray:
+    """Check a (N, *tail) floating array and return it as float64."""
+    if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
+        raise RequestError(f"{name} must be a float array, got {getattr(x, 'dtype', type(x))}")
+    if x.ndim != 3 or x.shape[1:] != tail or x.shape[0] < 1:
+        raise RequestError(f"{name} must have shape (N, {tail[0]}, {tail[1]}) with N >= 1, got {x.shape}")
+    return x.astype(np.float64)
+
+
+def _as_int(x: Any, name: str) -> int:
+    """Accept a Python/NumPy integer or a one-element integer array (the Triton wire form)."""
+    arr = np.asarray(x)
+    if arr.size != 1 or arr.dtype.kind not in "iu":
+        raise RequestError(f"{name} must be one integer, got {arr.dtype} array of shape {arr.shape}")
+    return int(arr.reshape(()))
