@@ -1,0 +1,1 @@
+"""Deploy a registered model to a local Triton server (``python -m components.deploy``)."""

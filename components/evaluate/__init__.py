@@ -1,0 +1,1 @@
+"""Evaluate a model bundle: camera following, visual quality, speed (``python -m components.evaluate``)."""

@@ -1,0 +1,41 @@
+"""KFP interface for ``python -m components.evaluate``."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+from components.common.paths import image_for
+
+
+@dsl.component(base_image=image_for("train"), install_kfp_package=False)
+def evaluate(
+    model: Input[Model],
+    shards: Input[Dataset],
+    report: Output[Artifact],
+    metrics: Output[Metrics],
+    num_clips: int = 2,
+    tracking_uri: str = "",
+    parent_run_id: str = "",
+    experiment: str = "",
+):
+    """Generate held-out clips, measure camera following and speed; write metrics.json, plots, videos.
+
+    Args:
+        model: Model bundle to evaluate.
+        shards: Annotated shards folder (held-out clips are taken from it).
+        report: Output folder (metrics.json, plots/, samples/).
+        metrics: The same flat metrics as a KFP Metrics artifact (shown in the KFP UI).
+        num_clips: Held-out clips to generate.
+        tracking_uri: MLflow tracking URI ('' = no tracking).
+        parent_run_id: MLflow run to nest this step under.
+        experiment: MLflow experiment name.
+    """
+    import json
+    import os
+
+    from components.common.launch import run_step
+
+    run_step("evaluate", ["--model", model.path, "--shards", shards.path, "--out", report.path,
+                          "--num-clips", num_clips], tracking_uri, parent_run_id, experiment)
+    with open(os.path.join(report.path, "metrics.json"), encoding="utf-8") as f:
+        for k, v in json.load(f).items():
+            metrics.log_metric(k, float(v))

@@ -1,0 +1,1 @@
+"""Register a model bundle in the MLflow Model Registry (``python -m components.register``)."""

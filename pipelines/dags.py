@@ -1,0 +1,151 @@
+"""The DAGs, built by factories so the same graph compiles for a cluster or runs locally.
+
+```
+data:            ingest -> annotate
+train_to_serve:  importer(shards) -> train -> distill -> quantize -> evaluate -> register -> deploy
+full:            ingest -> annotate -> train -> distill -> quantize -> evaluate -> register -> deploy
+```
+``ClusterSettings`` adds the kfp-kubernetes parts (1 GPU per GPU step, node selector, a data PVC) and
+switches the train step to submitting a Trainer v2 TrainJob; ``None`` leaves the graph plain, which
+is what the KFP local runner wants (it would ignore the Kubernetes parts with warnings anyway).
+Nothing here talks to a cluster: the TrainJob manifest is *built* at definition time and travels in
+the IR as a parameter constant; the train component submits it at run time.
+"""
+
+# No `from __future__ import annotations`: KFP reads the pipeline functions' annotations as real types.
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kfp import dsl, kubernetes
+
+from components.annotate.component import annotate
+from components.common.paths import PACKAGE_VERSION
+from components.deploy.component import deploy
+from components.distill.component import distill
+from components.evaluate.component import evaluate
+from components.ingest.component import ingest
+from components.quantize.component import quantize
+from components.register.component import register
+from components.train.component import train
+
+PIPELINE_NAMES = ("data", "train_to_serve", "full")
+GPU_STEPS = ("train", "distill", "quantize", "evaluate", "deploy")
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Kubernetes placement for the cluster form of the DAG.
+
+    ``trainjob`` is the TrainJob manifest (dict) the train step submits; build it with
+    ``pipelines.cluster.build_trainjob_spec``.
+    """
+
+    gpus_per_step: int = 1
+    gpu_resource: str = "nvidia.com/gpu"
+    node_selector: tuple[str, str] = ("nvidia.com/gpu.product", "NVIDIA-H100-80GB-HBM3")
+    pvc_name: str = "sana-wm-data"
+    pvc_mount: str = "/data"
+    cpu_request: str = "4"
+    memory_request: str = "32G"
+    trainjob: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.gpus_per_step < 1:
+            raise ValueError(f"ClusterSettings.gpus_per_step must be >= 1, got {self.gpus_per_step}")
+        if not self.pvc_mount.startswith("/"):
+            raise ValueError(f"ClusterSettings.pvc_mount must be absolute, got {self.pvc_mount!r}")
+
+
+@dataclass(frozen=True)
+class PipelineMeta:
+    """Version stamp carried by every compiled pipeline (name suffix + description)."""
+
+    version: str = PACKAGE_VERSION
+    git_sha: str = "unknown"
+
+    @property
+    def stamp(self) -> str:
+        return f"v{self.version}+g{self.git_sha}"
+
+
+def _place(task: dsl.PipelineTask, step: str, cluster: ClusterSettings | None) -> dsl.PipelineTask:
+    """Give a task its display name and, in cluster form, its GPU/node/PVC settings."""
+    task.set_display_name(step)
+    if step in ("register", "deploy"):
+        task.set_caching_options(False)  # side effects on the registry/server must always happen
+    if cluster is None:
+        return task
+    task.set_cpu_request(cluster.cpu_request).set_memory_request(cluster.memory_request)
+    kubernetes.mount_pvc(task, pvc_name=cluster.pvc_name, mount_path=cluster.pvc_mount)
+    if step in GPU_STEPS:
+        task.set_accelerator_type(cluster.gpu_resource).set_accelerator_limit(cluster.gpus_per_step)
+        kubernetes.add_node_selector(task, cluster.node_selector[0], cluster.node_selector[1])
+    return task
+
+
+def _data_tasks(num_clips, seed, source_dir, clip_hw_frames, tracking, cluster) -> dsl.PipelineTask:
+    h, w, n = clip_hw_frames
+    ing = _place(ingest(num_clips=num_clips, seed=seed, source_dir=source_dir, height=h, width=w, frames=n,
+                        **tracking), "ingest", cluster)
+    ann = annotate(raw=ing.outputs["raw"], **tracking)
+    return _place(ann, "annotate", cluster)
+
+
+def _train_to_serve_tasks(shards, preset, steps, model_name, eval_clips, keep_serving, tracking, cluster):
+    is_cluster = cluster is not None
+    tr = train(shards=shards, preset=preset, steps=steps, cluster=is_cluster,
+               trainjob_spec=json.dumps(cluster.trainjob, sort_keys=True) if is_cluster else "", **tracking)
+    _place(tr, "train", cluster)
+    ds = _place(distill(teacher=tr.outputs["model"], shards=shards, **tracking), "distill", cluster)
+    qt = _place(quantize(model=ds.outputs["student"], shards=shards, **tracking), "quantize", cluster)
+    ev = _place(evaluate(model=qt.outputs["quantized"], shards=shards, num_clips=eval_clips, **tracking),
+                "evaluate", cluster)
+    rg = _place(register(model=qt.outputs["quantized"], report=ev.outputs["report"], name=model_name,
+                         **tracking), "register", cluster)
+    dp = deploy(model_uri=rg.outputs["Output"], keep_serving=keep_serving, **tracking)
+    return _place(dp, "deploy", cluster)
+
+
+def build_pipeline(name: str, cluster: ClusterSettings | None = None,
+                   meta: PipelineMeta = PipelineMeta()) -> Callable:
+    """Return the ``@dsl.pipeline`` function for ``name`` (one of ``PIPELINE_NAMES``)."""
+    if name not in PIPELINE_NAMES:
+        raise ValueError(f"unknown pipeline {name!r}; choose one of {PIPELINE_NAMES}")
+    form = "cluster" if cluster is not None else "local"
+    deco = dsl.pipeline(
+        name=f"sana-wm-{name.replace('_', '-')}",
+        display_name=f"SANA-WM {name} ({meta.stamp}, {form})",
+        description=f"SANA-WM {name} pipeline; sana-wm-stack {meta.version}; git {meta.git_sha}; form {form}",
+    )
+
+    if name == "data":
+        def data(num_clips: int = 8, seed: int = 0, source_dir: str = "", clip_height: int = 64,
+                 clip_width: int = 96, clip_frames: int = 33, tracking_uri: str = "",
+                 parent_run_id: str = "", experiment: str = "sana-wm"):
+            tracking = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id, experiment=experiment)
+            _data_tasks(num_clips, seed, source_dir, (clip_height, clip_width, clip_frames), tracking, cluster)
+        return deco(data)
+
+    if name == "train_to_serve":
+        def train_to_serve(shards_uri: str, preset: str = "small", steps: int = 200,
+                           model_name: str = "sana-wm", eval_clips: int = 2, keep_serving: bool = False,
+                           tracking_uri: str = "", parent_run_id: str = "", experiment: str = "sana-wm"):
+            tracking = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id, experiment=experiment)
+            imp = dsl.importer(artifact_uri=shards_uri, artifact_class=dsl.Dataset, reimport=False)
+            imp.set_display_name("shards")
+            _train_to_serve_tasks(imp.output, preset, steps, model_name, eval_clips, keep_serving,
+                                  tracking, cluster)
+        return deco(train_to_serve)
+
+    def full(num_clips: int = 8, seed: int = 0, source_dir: str = "", clip_height: int = 64,
+             clip_width: int = 96, clip_frames: int = 33, preset: str = "small", steps: int = 200,
+             model_name: str = "sana-wm", eval_clips: int = 2, keep_serving: bool = False,
+             tracking_uri: str = "", parent_run_id: str = "", experiment: str = "sana-wm"):
+        tracking = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id, experiment=experiment)
+        ann = _data_tasks(num_clips, seed, source_dir, (clip_height, clip_width, clip_frames), tracking, cluster)
+        _train_to_serve_tasks(ann.outputs["shards"], preset, steps, model_name, eval_clips, keep_serving,
+                              tracking, cluster)
+    return deco(full)

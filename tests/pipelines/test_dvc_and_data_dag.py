@@ -1,0 +1,68 @@
+"""DVC helpers in a throw-away git repo, and the `data` DAG (ingest -> annotate) through the real KFP
+local runner with MLflow nesting (the part of the DAG whose steps exist independently of training)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import yaml
+
+from components.common import dvc_utils
+
+
+def test_ensure_dvc_repo_is_idempotent_with_default_remote(tmp_path):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    dvc_utils.ensure_dvc_repo(tmp_path)
+    dvc_utils.ensure_dvc_repo(tmp_path)  # second call: no error, no change
+    conf = (tmp_path / ".dvc" / "config").read_text().lower()
+    assert "analytics = false" in conf and "remote = local" in conf
+    assert str(tmp_path / "data" / "dvc-remote").lower() in conf
+
+
+def test_ensure_dvc_repo_subdir_and_existing_remote(tmp_path):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    sub = tmp_path / "proj"
+    sub.mkdir()
+    dvc_utils.ensure_dvc_repo(sub, remote_url="s3://bucket/x")
+    assert (sub / ".dvc").is_dir() and not (tmp_path / ".dvc").exists()
+    dvc_utils.ensure_dvc_repo(sub, remote_url="/elsewhere")  # an existing default remote is respected
+    assert "s3://bucket/x" in (sub / ".dvc" / "config").read_text()
+
+
+def test_ensure_dvc_repo_rejects_missing_folder(tmp_path):
+    with pytest.raises(NotADirectoryError, match="is not a folder"):
+        dvc_utils.ensure_dvc_repo(tmp_path / "nope")
+
+
+@pytest.mark.slow
+def test_data_dag_through_kfp_local(tmp_path, monkeypatch):
+    import mlflow
+    from kfp import local
+
+    from components.common import tracking
+    from components.common.lineage import dvc_md5
+    from pipelines.dags import build_pipeline
+
+    for var in ("MLFLOW_TRACKING_URI", "SANA_WM_PARENT_RUN_ID", "RANK"):
+        monkeypatch.delenv(var, raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.init_store(uri)
+    parent = tracking.MLflowLogger.create("data-dag", "t", uri)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
+    build_pipeline("data")(num_clips=2, seed=3, clip_height=64, clip_width=64, clip_frames=17,
+                           tracking_uri=uri, parent_run_id=parent.run_id, experiment="t")
+    parent.close()
+    (run,) = list((tmp_path / "kfp").glob("sana-wm-data-*"))
+    shards = run / "annotate" / "shards"
+    manifest = [yaml.safe_load(line) for line in (shards / "manifest.jsonl").read_text().splitlines()]
+    assert len(manifest) == 2 and list(shards.glob("*.tar"))
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("t")
+    children = [r for r in client.search_runs([exp.experiment_id])
+                if r.data.tags.get(tracking.PARENT_TAG) == parent.run_id]
+    # Steps that log through components.common.tracking nest under the pipeline's parent run.
+    for r in children:
+        for d in r.inputs.dataset_inputs:
+            assert d.dataset.digest.endswith(".dir")
+    assert dvc_md5(shards).endswith(".dir")
