@@ -28,11 +28,13 @@ setup: $(STAMP)  ## create .venv with every extra (idempotent)
 run: setup  ## run the whole DAG locally (KFP local runner, MLflow/SQLite, DVC, Triton) on PRESET
 	$(VPY) -m pipelines run --local --preset $(PRESET)
 
+# One OpenMP thread: the tests run tiny models, where thread start-up costs more than it saves, and
+# several of them start subprocesses (Triton, KFP tasks) that would otherwise oversubscribe 2 cores.
 test: setup  ## the test suite CI runs (slow cases included)
-	$(VPY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(VPY) -m pytest -q tests
 
 test-fast: setup  ## everything but the slow cases
-	$(VPY) -m pytest -q -m "not slow" tests
+	OMP_NUM_THREADS=1 $(VPY) -m pytest -q -m "not slow" tests
 
 compile: setup  ## compile the KFP pipelines to versioned IR YAML under build/pipelines
 	$(VPY) -m pipelines compile --out build/pipelines

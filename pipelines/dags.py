@@ -4,7 +4,10 @@
 data:            ingest -> annotate
 train_to_serve:  importer(shards) -> train -> distill -> quantize -> evaluate -> register -> deploy
 full:            ingest -> annotate -> train -> distill -> quantize -> evaluate -> register -> deploy
+annotate (fan-out):  annotate-plan -> ParallelFor(groups){annotate-group} -> annotate-merge (shards)
 ```
+Annotation fans out over ``annotate_groups`` clip groups (a pipeline parameter): one task per group, at
+most ``parallelism`` at once, merged back into the one shards artifact every later step reads.
 ``ClusterSettings`` adds the kfp-kubernetes parts (1 GPU per GPU step, node selector, a data PVC) and
 switches the train step to submitting a Trainer v2 TrainJob; ``None`` leaves the graph plain, which
 is what the KFP local runner wants (it would ignore the Kubernetes parts with warnings anyway).
@@ -21,7 +24,7 @@ from typing import Any
 
 from kfp import dsl, kubernetes
 
-from components.annotate.component import annotate
+from components.annotate.component import annotate_group, annotate_merge, annotate_plan
 from components.common.paths import PACKAGE_VERSION
 from components.deploy.component import deploy
 from components.distill.component import distill
@@ -51,10 +54,15 @@ class ClusterSettings:
     cpu_request: str = "4"
     memory_request: str = "32G"
     trainjob: dict[str, Any] = field(default_factory=dict)
+    annotate_parallelism: int = 16
+    annotate_workers: int = 4
 
     def __post_init__(self) -> None:
         if self.gpus_per_step < 1:
             raise ValueError(f"ClusterSettings.gpus_per_step must be >= 1, got {self.gpus_per_step}")
+        if self.annotate_parallelism < 1 or self.annotate_workers < 1:
+            raise ValueError(f"ClusterSettings.annotate_parallelism/annotate_workers must be >= 1, got "
+                             f"{self.annotate_parallelism}/{self.annotate_workers}")
         if not self.pvc_mount.startswith("/"):
             raise ValueError(f"ClusterSettings.pvc_mount must be absolute, got {self.pvc_mount!r}")
 
@@ -86,12 +94,25 @@ def _place(task: dsl.PipelineTask, step: str, cluster: ClusterSettings | None) -
     return task
 
 
-def _data_tasks(num_clips, seed, source_dir, clip_hw_frames, tracking, cluster) -> dsl.PipelineTask:
+# Local form: 2 groups x 1 worker keeps a small machine busy without oversubscribing it.
+LOCAL_ANNOTATE_PARALLELISM = 2
+LOCAL_ANNOTATE_WORKERS = 1
+
+
+def _data_tasks(num_clips, seed, source_dir, clip_hw_frames, groups, tracking, cluster) -> dsl.PipelineTask:
+    """ingest -> annotate-plan -> ParallelFor(annotate-group) -> annotate-merge; returns the merge task,
+    whose ``shards`` output is the dataset every later step reads."""
     h, w, n = clip_hw_frames
     ing = _place(ingest(num_clips=num_clips, seed=seed, source_dir=source_dir, height=h, width=w, frames=n,
                         **tracking), "ingest", cluster)
-    ann = annotate(raw=ing.outputs["raw"], **tracking)
-    return _place(ann, "annotate", cluster)
+    plan = _place(annotate_plan(raw=ing.outputs["raw"], groups=groups, **tracking), "annotate-plan", cluster)
+    parallelism = cluster.annotate_parallelism if cluster else LOCAL_ANNOTATE_PARALLELISM
+    workers = cluster.annotate_workers if cluster else LOCAL_ANNOTATE_WORKERS
+    with dsl.ParallelFor(plan.outputs["Output"], parallelism=parallelism) as group_ids:
+        grp = _place(annotate_group(raw=ing.outputs["raw"], ids=group_ids, workers=workers, **tracking),
+                     "annotate-group", cluster)
+    merge = annotate_merge(parts=dsl.Collected(grp.outputs["shards"]), **tracking)
+    return _place(merge, "annotate", cluster)
 
 
 def _train_to_serve_tasks(shards, preset, steps, model_name, eval_clips, keep_serving, tracking, cluster):
@@ -123,10 +144,11 @@ def build_pipeline(name: str, cluster: ClusterSettings | None = None,
 
     if name == "data":
         def data(num_clips: int = 8, seed: int = 0, source_dir: str = "", clip_height: int = 64,
-                 clip_width: int = 96, clip_frames: int = 33, tracking_uri: str = "",
+                 clip_width: int = 96, clip_frames: int = 33, annotate_groups: int = 2, tracking_uri: str = "",
                  parent_run_id: str = "", experiment: str = "sana-wm"):
             tracking = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id, experiment=experiment)
-            _data_tasks(num_clips, seed, source_dir, (clip_height, clip_width, clip_frames), tracking, cluster)
+            _data_tasks(num_clips, seed, source_dir, (clip_height, clip_width, clip_frames), annotate_groups,
+                        tracking, cluster)
         return deco(data)
 
     if name == "train_to_serve":
@@ -141,11 +163,12 @@ def build_pipeline(name: str, cluster: ClusterSettings | None = None,
         return deco(train_to_serve)
 
     def full(num_clips: int = 8, seed: int = 0, source_dir: str = "", clip_height: int = 64,
-             clip_width: int = 96, clip_frames: int = 33, preset: str = "small", steps: int = 200,
-             model_name: str = "sana-wm", eval_clips: int = 2, keep_serving: bool = False,
+             clip_width: int = 96, clip_frames: int = 33, annotate_groups: int = 2, preset: str = "small",
+             steps: int = 200, model_name: str = "sana-wm", eval_clips: int = 2, keep_serving: bool = False,
              tracking_uri: str = "", parent_run_id: str = "", experiment: str = "sana-wm"):
         tracking = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id, experiment=experiment)
-        ann = _data_tasks(num_clips, seed, source_dir, (clip_height, clip_width, clip_frames), tracking, cluster)
+        ann = _data_tasks(num_clips, seed, source_dir, (clip_height, clip_width, clip_frames), annotate_groups,
+                          tracking, cluster)
         _train_to_serve_tasks(ann.outputs["shards"], preset, steps, model_name, eval_clips, keep_serving,
                               tracking, cluster)
     return deco(full)

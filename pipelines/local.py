@@ -94,7 +94,12 @@ def _matches_params(cfg: LocalRunConfig, params: dict[str, Any]) -> list[str]:
     return diffs
 
 
-# task name -> (output name, destination in the layout)
+# Steps whose output comes from a KFP task of another name: annotate fans out into plan / group / merge
+# tasks (pipelines/dags.py) and its shards are the merge task's output.
+_TASK_FOLDER = {"annotate": "annotate-merge"}
+
+
+# step -> (output name, destination in the layout)
 def _publish_map(layout: DataLayout) -> dict[str, list[tuple[str, Path]]]:
     return {
         "ingest": [("raw", layout.raw)],
@@ -206,7 +211,7 @@ def publish(run_dir: Path, layout: DataLayout) -> dict[str, str]:
     out = {}
     for task, items in _publish_map(layout).items():
         for name, dst in items:
-            src = run_dir / task / name
+            src = run_dir / _TASK_FOLDER.get(task, task) / name
             if not src.exists():
                 raise FileNotFoundError(f"task {task!r} did not write its output {name!r} at {src}")
             atomic.move_tree(src, dst)

@@ -1,5 +1,7 @@
 """CLI: ``python -m components.annotate VIDEO --out poses.npz [--depth d.npz] [--intrinsics K.npz] [--scale-free]``
-or ``python -m components.annotate batch --raw data/raw --out data/shards [--workers 2] [--shard-size 16]``.
+or ``python -m components.annotate batch --raw data/raw --out data/shards [--workers 2] [--shard-size 16]
+[--ids a,b|@file]``; the fan-out helpers ``plan --raw DIR --groups K --out plan.json`` and
+``merge --parts DIR1 DIR2 ... --out DIR [--shard-size 16]`` (see components.annotate.fanout).
 
 Single clip: writes an npz with ``c2w`` (N,4,4), ``intrinsics`` (N,3,3), ``fps``, ``confidence``, plus
 ``registered`` (N,) and ``metric``. ``--depth``/``--intrinsics`` accept any npz holding ``depth``/``intrinsics``
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from components.annotate.batch import BatchConfig, run_batch
+from components.annotate.fanout import make_plan, merge_shards, parse_ids, write_plan
 from components.annotate.poses import estimate_poses
 
 __all__ = ["main"]
@@ -69,14 +72,42 @@ def _batch(args: argparse.Namespace) -> int:
     cfg = BatchConfig(workers=args.workers, shard_size=args.shard_size, cache_dir=args.cache_dir,
                       depth_model_path=args.depth_model, use_filters=not args.no_filters,
                       progress=not args.quiet)
-    summary = run_batch(args.raw, args.out, cfg)
+    summary = run_batch(args.raw, args.out, cfg, ids=parse_ids(args.ids) if args.ids is not None else None)
     print(json.dumps({k: summary[k] for k in ("kept", "dropped", "failed", "computed", "cached", "shards")}))
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    plan = make_plan(args.raw, args.groups)
+    write_plan(plan, args.out)
+    print(json.dumps({"out": str(args.out), "clips": plan["num_clips"], "groups": [len(g) for g in plan["groups"]],
+                      "loads": plan["loads"], "cost_unit": plan["cost_unit"]}))
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    summary = merge_shards(args.parts, args.out, args.shard_size)
+    print(json.dumps(summary))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point shared by the CLI, DVC stages and the KFP component. Returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "plan":
+        p = argparse.ArgumentParser(prog="python -m components.annotate plan",
+                                    description="Split the ok clips of a raw manifest into K cost-balanced groups.")
+        p.add_argument("--raw", required=True, help="raw dir with manifest.jsonl")
+        p.add_argument("--groups", type=int, required=True, help="number of groups K (fewer if fewer clips)")
+        p.add_argument("--out", required=True, help="plan .json to write")
+        return _plan(p.parse_args(argv[1:]))
+    if argv and argv[0] == "merge":
+        p = argparse.ArgumentParser(prog="python -m components.annotate merge",
+                                    description="Merge several shard folders into one (shards renumbered).")
+        p.add_argument("--parts", required=True, nargs="+", help="shard folders written by 'batch'")
+        p.add_argument("--out", required=True, help="merged shard folder (replaced atomically)")
+        p.add_argument("--shard-size", type=int, default=16)
+        return _merge(p.parse_args(argv[1:]))
     if argv and argv[0] == "batch":
         p = argparse.ArgumentParser(prog="python -m components.annotate batch",
                                     description="Annotate a raw clip directory into webdataset shards.")
@@ -88,10 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--depth-model", default=None, help="local metric depth checkpoint for clips without depth")
         p.add_argument("--no-filters", action="store_true", help="skip components.ingest.filters")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("--ids", default=None, help="only these clips: 'a,b,c' or @file (JSON list or one id a line)")
         return _batch(p.parse_args(argv[1:]))
     p = argparse.ArgumentParser(prog="python -m components.annotate",
                                 description="Estimate per-frame camera poses of one video "
-                                            "(use 'batch --help' for directories).")
+                                            "(use 'batch --help' for directories, 'plan'/'merge --help' for the fan-out).")
     p.add_argument("video")
     p.add_argument("--out", required=True, help="output poses .npz")
     p.add_argument("--depth", help="npz with depth (N,H,W) float32 metres")

@@ -20,6 +20,7 @@ import importlib
 import importlib.util
 import json
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,20 +190,33 @@ def _read_raw_manifest(raw: Path) -> list[dict]:
             row = json.loads(line)
             if "id" not in row:
                 raise ValueError(f"{path}:{i + 1}: manifest row has no 'id'")
+            # Ingest lists its failed/dropped inputs too (no video behind them): only ok clips are work.
+            if row.get("status", "ok") != "ok":
+                continue
             rows.append(row)
     return rows
 
 
 def run_batch(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: BatchConfig | None = None,
-              captioner=None) -> dict:
+              captioner=None, ids: Sequence[str] | None = None) -> dict:
     """Annotate every clip listed in ``raw_dir/manifest.jsonl`` and write shards + manifest to ``out_dir``.
 
     ``captioner``: optional callable (frames uint8 (N,H,W,3), fps) -> str, run on kept clips when packing.
+    ``ids``: annotate only these clips (one group of ``components.annotate.fanout``'s plan), in manifest
+    order; an id the manifest lacks is a ValueError.
     Returns a summary dict(kept, dropped, failed, computed, cached, shards, records).
     """
     cfg = cfg or BatchConfig()
     raw, out = Path(raw_dir), Path(out_dir)
     rows = _read_raw_manifest(raw)
+    if ids is not None:
+        if not ids:
+            raise ValueError("ids is empty: pass None for every clip, or at least one clip id")
+        unknown = sorted(set(ids) - {r["id"] for r in rows})
+        if unknown:
+            raise ValueError(f"ids {unknown} are not in {raw / 'manifest.jsonl'}")
+        wanted = set(ids)
+        rows = [r for r in rows if r["id"] in wanted]
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / ".cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     jobs = []

@@ -3,19 +3,25 @@
 Pipeline (a keyframe visual-odometry front end plus a sparse bundle adjustment back end):
 
 1. KLT tracks (``cv2.calcOpticalFlowPyrLK``) with a forward-backward check; corners are re-detected at
-   keyframes away from live tracks, so tracks survive low texture and fast motion.
+   keyframes away from live tracks, so tracks survive low texture and fast motion. Each chained track is
+   re-aligned to its patch in the frame it was born in, which removes the drift (and motion lag) that
+   frame-to-frame chaining accumulates.
 2. Every track gets a 3D landmark once, at a keyframe:
    - metric mode: lifted from depth (sensor depth, or a monocular metric-depth model evaluated at keyframes
      only and scale-aligned to the existing map so successive keyframes agree);
    - scale-free mode: triangulated between the previous keyframe and this one, after a two-view start
      (essential matrix + ``recoverPose``) that waits for enough rotation-compensated parallax.
 3. Each frame's pose comes from PnP + RANSAC against the landmarks (``cv2.solvePnPRansac`` then
-   ``solvePnPRefineLM``). Because depth-lifted landmarks do not need parallax, pure rotation and low
-   parallax are handled by the same code path. Before a scale-free map exists, or when PnP fails, the
-   rotation is solved from bearing vectors (Kabsch on RANSAC-homography inliers) and the position is held
-   or interpolated; those frames are flagged unregistered and lower the confidence.
-4. A bundle adjustment (``scipy.optimize.least_squares``, sparse Jacobian, Huber loss) refines all poses and
-   landmarks; in metric mode a depth prior on every landmark's anchor observation keeps the metric scale.
+   ``solvePnPRefineLM``); with sensor depth it is then refined with the frame's own depth at every inlier
+   (RGB-D odometry: depth separates a sideways step from a yaw, which reprojection alone confuses).
+   Because depth-lifted landmarks do not need parallax, pure rotation and low parallax are handled by the
+   same code path. Before a scale-free map exists, or when PnP fails, the rotation is solved from bearing
+   vectors (Kabsch on RANSAC-homography inliers) and the position is held or interpolated; those frames
+   are flagged unregistered and lower the confidence.
+4. A global bundle adjustment (``scipy.optimize.least_squares``, sparse Jacobian, Huber loss, two rounds
+   with outlier removal) refines every registered pose and landmark; in metric mode every observation
+   with a depth map also has a depth residual weighted by a noise model (relative noise + depth slope x
+   track noise, occlusion edges rejected), which keeps the metric scale.
 
 Output poses are camera-to-world, OpenCV axes (+X right, +Y down, +Z forward), relative to frame 0.
 """
@@ -28,7 +34,7 @@ from typing import Any
 import cv2
 import numpy as np
 from scipy.optimize import least_squares
-from scipy.sparse import lil_matrix
+from scipy.sparse import coo_matrix
 from scipy.spatial.transform import Rotation
 
 from components.annotate.depth import DepthModel
@@ -46,6 +52,8 @@ class PoseEstimatorConfig:
     klt_window: int = 21
     klt_levels: int = 3
     fb_max_px: float = 0.8  # forward-backward KLT error above which a track is dropped
+    klt_refine_from_birth: bool = True  # re-align tracks to their birth patch (removes KLT drift)
+    klt_refine_max_px: float = 2.0  # ... dropping tracks whose refined and chained positions disagree more
     pnp_reproj_px: float = 2.0  # RANSAC inlier threshold
     min_pnp_inliers: int = 12
     keyframe_track_ratio: float = 0.7  # new keyframe when landmark tracks fall below this share
@@ -56,10 +64,17 @@ class PoseEstimatorConfig:
     depth_edge_rel: float = 0.05  # reject lifts where the 3x3 depth spread exceeds this share (edges)
     init_min_parallax_deg: float = 1.0  # scale-free two-view start needs this median parallax
     tri_min_angle_deg: float = 0.75  # triangulated landmarks need at least this ray angle
+    pnp_depth_refine: bool = True  # with sensor depth, refine each PnP pose with per-point depth residuals
     bundle_adjust: bool = True
     ba_max_nfev: int = 30
-    ba_depth_sigma_rel: float = 0.01  # trust in depth for the BA depth prior (1 % of range)
-    ba_max_landmarks: int = 1500  # subsample for speed; the poses are what we need
+    # Relative noise of sensor depth in the depth residuals. Rendered/sensor depth is precise; what is
+    # uncertain is WHERE a track samples it, which the slope term (ba_track_sigma_px) models separately.
+    ba_depth_sigma_rel: float = 0.001
+    ba_model_depth_sigma_rel: float = 0.05  # same for a monocular depth model (keyframes only)
+    ba_track_sigma_px: float = 0.5  # KLT track noise: reprojection sigma, and depth slope x this in depth sigma
+    ba_huber_sigma: float = 2.0  # residuals (in sigmas) beyond this count linearly (robust to bad tracks)
+    ba_outlier_sigma: float = 5.0  # after the first BA round, drop observations beyond this many sigmas
+    ba_max_landmarks: int = 4000  # subsample for speed; the poses are what we need
 
     def __post_init__(self) -> None:
         for name in ("max_corners", "klt_window", "klt_levels", "min_pnp_inliers", "keyframe_max_gap"):
@@ -198,9 +213,12 @@ class _VO:
         self.inlier_ratio = np.zeros(n)
         self.X = np.zeros((0, 3))  # landmark per track id (NaN until set)
         self.anchor = np.zeros((0, 3))  # (frame, track-level depth, valid) for the BA depth prior
+        self.birth_f = np.zeros(0, int)  # per track id: frame it was detected in, and where
+        self.birth_pt = np.zeros((0, 2), np.float32)
         self.obs: list[tuple[np.ndarray, np.ndarray]] = []  # per frame: (track ids (M,), pixels (M,2))
         self.keyframes: list[int] = []
         self.depth_scales: list[float] = []
+        self.kf_depth: dict[int, np.ndarray] = {}  # depth-model maps of keyframes (scaled to the map)
         self.initialised = not scale_free  # scale-free waits for a two-view start
         self.kf_rot_ref = 0  # pre-init: frame whose rotation later frames are chained from
         self.rot_residuals: list[np.ndarray] = []  # pixel residuals of the rotation-only model
@@ -222,6 +240,8 @@ class _VO:
         new_ids = np.arange(len(self.X), len(self.X) + len(new))
         self.X = np.vstack([self.X, np.full((len(new), 3), np.nan)])
         self.anchor = np.vstack([self.anchor, np.full((len(new), 3), np.nan)])
+        self.birth_f = np.r_[self.birth_f, np.full(len(new), f)]
+        self.birth_pt = np.vstack([self.birth_pt, new])
         return np.r_[ids, new_ids], np.vstack([pts, new])
 
     def _track(self, f, ids, pts):
@@ -238,7 +258,36 @@ class _VO:
         fb = np.linalg.norm(pts - p0b, axis=1)
         ok = (st1.ravel() == 1) & (st2.ravel() == 1) & (fb < self.cfg.fb_max_px)
         ok &= (p1[:, 0] >= 0) & (p1[:, 0] < w - 1) & (p1[:, 1] >= 0) & (p1[:, 1] < h - 1)
-        return ids[ok], p1[ok]
+        ids, p1 = ids[ok], p1[ok]
+        if self.cfg.klt_refine_from_birth:
+            ids, p1 = self._refine_from_birth(f, ids, p1, kw)
+        return ids, p1
+
+    def _refine_from_birth(self, f, ids, pts, kw):
+        """Re-align each chained track against its patch in the frame it was detected in.
+
+        Frame-to-frame KLT adds a little error every frame and the sum walks away from the true point (and
+        lags behind the motion, which shortens the path); aligning to the birth patch, starting from the
+        chained guess, removes that accumulated drift. Where the patch no longer matches (scale change,
+        occlusion) the refined point disagrees with the chained one and the track is dropped.
+        """
+        out = pts.copy()
+        keep = np.ones(len(ids), bool)
+        bf = self.birth_f[ids]
+        for b in np.unique(bf):
+            if b >= f - 1:
+                continue  # born in the previous frame: the chained step already was the birth alignment
+            sel = np.flatnonzero(bf == b)
+            p0 = self.birth_pt[ids[sel]]
+            guess = pts[sel].copy()
+            p1, st, _ = cv2.calcOpticalFlowPyrLK(
+                self.gray[b], self.gray[f], p0, guess, flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
+                **{**kw, "maxLevel": 1},
+            )
+            good = (st.ravel() == 1) & (np.linalg.norm(p1 - guess, axis=1) < self.cfg.klt_refine_max_px)
+            out[sel[good]] = p1[good]
+            keep[sel[~good]] = False
+        return ids[keep], out[keep]
 
     # --- landmarks
     def _keyframe_depth(self, f) -> np.ndarray | None:
@@ -250,6 +299,12 @@ class _VO:
         if d.shape != self.gray[f].shape:
             raise ValueError(f"depth model returned {d.shape}, expected {self.gray[f].shape}")
         return d
+
+    def depth_map(self, f) -> np.ndarray | None:
+        """Metric depth map (H,W) of frame f for the BA: sensor depth, or a keyframe's scaled model depth."""
+        if self.depth is not None:
+            return self.depth[f]
+        return self.kf_depth.get(f)
 
     def _lift(self, f, ids, pts):
         """Give tracks without a landmark one, from depth (metric) or triangulation (scale-free)."""
@@ -267,7 +322,10 @@ class _VO:
                 s = float(np.median(z_pred / d[have]))
                 if np.isfinite(s) and s > 0:
                     d = d * s
+                    dmap = dmap * s
                     self.depth_scales.append(s)
+        if self.depth is None:
+            self.kf_depth[f] = dmap
         use = need & np.isfinite(d) & (d > self.cfg.min_depth_m) & (d < self.cfg.max_depth_m)
         if not use.any():
             return
@@ -318,6 +376,8 @@ class _VO:
             return False, np.zeros(len(ids), bool)
         inl = inl.ravel()
         rvec, tvec = cv2.solvePnPRefineLM(obj[inl], img[inl], self.K[f], None, rvec, tvec)
+        if self.cfg.pnp_depth_refine and self.depth is not None:
+            rvec, tvec = self._refine_with_depth(f, obj[inl], img[inl], rvec, tvec)
         self.R[f] = cv2.Rodrigues(rvec)[0]
         self.t[f] = tvec.ravel()
         self.registered[f] = True
@@ -328,6 +388,33 @@ class _VO:
         keep = np.ones(len(ids), bool)
         keep[np.flatnonzero(has)] = (err < 3 * self.cfg.pnp_reproj_px) & (z > 0)
         return True, keep
+
+    def _refine_with_depth(self, f, obj, img, rvec, tvec):
+        """Motion-only refinement of frame f against landmarks obj (M,3) seen at img (M,2), with the
+        frame's own sensor depth as a second residual (RGB-D odometry).
+
+        Reprojection alone confuses a sideways step with a small yaw for distant points (both slide the
+        image); the measured depth of each point in THIS frame tells them apart, so the per-frame pose, and
+        with it the keyframe that later lifts new landmarks, does not drift in rotation and scale.
+        """
+        d, sd = _obs_depth(self.depth[f], img, self.cfg, self.cfg.ba_depth_sigma_rel)
+        hd = np.isfinite(d)
+        if hd.sum() < self.cfg.min_pnp_inliers:
+            return rvec, tvec
+        K, sig_px = self.K[f], self.cfg.ba_track_sigma_px
+        od, osd, Xd = d[hd], sd[hd], obj[hd]
+
+        def residuals(p):
+            R = Rotation.from_rotvec(p[:3]).as_matrix()
+            xc = obj @ R.T + p[3:]
+            z = np.maximum(xc[:, 2], 1e-6)
+            uv = xc[:, :2] / z[:, None] * [K[0, 0], K[1, 1]] + K[:2, 2]
+            zd = Xd @ R[2] + p[5]
+            return np.r_[((uv - img) / sig_px).ravel(), (zd - od) / osd]
+
+        sol = least_squares(residuals, np.r_[rvec.ravel(), tvec.ravel()], method="trf", loss="huber",
+                            f_scale=self.cfg.ba_huber_sigma, max_nfev=20)
+        return sol.x[:3].reshape(3, 1), sol.x[3:].reshape(3, 1)
 
     def _rotation_only(self, f, ids, pts, ref):
         """Rotation of frame f from bearings against frame ref; the camera centre is held at ref's.
@@ -450,106 +537,141 @@ class _VO:
         self.t[f] = -self.R[f] @ c_f
 
 
-def _bundle_adjust(vo: _VO, metric: bool, cfg: PoseEstimatorConfig) -> dict[str, float]:
-    """Jointly refine registered poses and landmarks (sparse LM-style trust region, Huber loss).
+def _obs_depth(dmap: np.ndarray, pts: np.ndarray, cfg: PoseEstimatorConfig, rel_sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Depth (M,) and its noise sigma (M,) at tracked points (M,2) of one frame; NaN where unusable.
 
-    Frame 0 is fixed (the gauge). Metric runs add a depth prior residual per landmark at its anchor frame,
-    which also pins the scale; scale-free runs fix the first two keyframes' poses instead.
+    The noise model is what makes sensor depth usable at every observation: a track is only known to
+    ~``ba_track_sigma_px``, so where depth changes fast (slanted surfaces) the sampled depth is uncertain
+    by |grad d| x that, on top of a relative sensor noise. Occlusion edges are rejected outright.
+    """
+    d = _sample_depth(dmap, pts, cfg.depth_edge_rel)
+    dm = np.where(np.isfinite(dmap) & (dmap > 0), dmap, 0).astype(np.float32)
+    gx = cv2.Sobel(dm, cv2.CV_32F, 1, 0, ksize=3, scale=1 / 8)
+    gy = cv2.Sobel(dm, cv2.CV_32F, 0, 1, ksize=3, scale=1 / 8)
+    grad = np.sqrt(gx * gx + gy * gy)
+    mx = pts[:, 0].astype(np.float32).reshape(-1, 1)
+    my = pts[:, 1].astype(np.float32).reshape(-1, 1)
+    g = cv2.remap(grad, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).ravel().astype(np.float64)
+    sigma = rel_sigma * d + cfg.ba_track_sigma_px * g
+    ok = np.isfinite(d) & (d > cfg.min_depth_m) & (d < cfg.max_depth_m)
+    return np.where(ok, d, np.nan), np.where(ok, sigma, np.nan)
+
+
+def _bundle_adjust(vo: _VO, metric: bool, cfg: PoseEstimatorConfig) -> dict[str, float]:
+    """Global bundle adjustment over every registered frame and every landmark seen at least twice.
+
+    Residuals (all in units of their noise sigma, Huber loss): reprojection of every observation
+    (sigma ``ba_track_sigma_px``) and, in metric mode, the depth of every observation that has a depth
+    map (every frame with sensor depth, keyframes with a depth model) under the noise model of
+    `_obs_depth`. Depth at every observation, not only at the landmark's anchor, is what pins the metric
+    scale and separates sideways translation from yaw (the two look alike in the image for distant points).
+    Frame 0 is fixed (the gauge); scale-free runs also fix the first two keyframes (the scale).
+    Two rounds: after the first, observations with residuals above ``ba_outlier_sigma`` are dropped.
+    The Jacobian is finite differences over a sparse pattern (scipy groups independent columns, so one
+    Jacobian costs ~10 residual evaluations whatever the problem size).
     """
     frames = np.flatnonzero(vo.registered)
     fixed = {0}
     if not metric:
         fixed |= set(vo.keyframes[:2])
-    free = [f for f in frames if f not in fixed]
-    if not free:
+    free = np.array([f for f in frames if f not in fixed], int)
+    if len(free) == 0:
         return {}
-    fidx = {f: i for i, f in enumerate(free)}
-    rows_f, rows_l, rows_uv = [], [], []
+    fidx = -np.ones(len(vo.R), int)
+    fidx[free] = np.arange(len(free))
+    rows_f, rows_l, rows_uv, rows_d, rows_sd = [], [], [], [], []
+    rel = cfg.ba_depth_sigma_rel if vo.depth is not None else cfg.ba_model_depth_sigma_rel
     for f in frames:
         ids, pts = vo.obs[f]
         ok = ~np.isnan(vo.X[ids, 0])
-        rows_f.append(np.full(ok.sum(), f))
-        rows_l.append(ids[ok])
-        rows_uv.append(pts[ok])
-    of, ol, ouv = np.concatenate(rows_f), np.concatenate(rows_l), np.concatenate(rows_uv).astype(np.float64)
+        ids, pts = ids[ok], pts[ok].astype(np.float64)
+        rows_f.append(np.full(len(ids), f))
+        rows_l.append(ids)
+        rows_uv.append(pts)
+        dmap = vo.depth_map(f) if metric else None
+        if dmap is not None and len(ids):
+            d, sd = _obs_depth(dmap, pts, cfg, rel)
+        else:
+            d = sd = np.full(len(ids), np.nan)
+        rows_d.append(d)
+        rows_sd.append(sd)
+    of, ol = np.concatenate(rows_f), np.concatenate(rows_l)
+    ouv, od, osd = np.concatenate(rows_uv), np.concatenate(rows_d), np.concatenate(rows_sd)
     lms, counts = np.unique(ol, return_counts=True)
     lms = lms[counts >= 2]
     if len(lms) > cfg.ba_max_landmarks:
         lms = np.random.default_rng(0).choice(lms, cfg.ba_max_landmarks, replace=False)
     lidx = -np.ones(len(vo.X), int)
     lidx[lms] = np.arange(len(lms))
-    sel = lidx[ol] >= 0
-    of, ol, ouv = of[sel], ol[sel], ouv[sel]
+    keep = lidx[ol] >= 0
+    of, ol, ouv, od, osd = of[keep], ol[keep], ouv[keep], od[keep], osd[keep]
     if len(of) < 50:
         return {}
     n_p, n_l = len(free), len(lms)
-    pose_col = np.array([fidx.get(f, -1) for f in of])
-    lm_col = lidx[ol]
-    Ks = vo.K[of]
-    # Depth prior: one residual per landmark whose anchor frame is in the problem.
-    anc = vo.anchor[lms]
-    has_prior = metric & np.isfinite(anc[:, 2])
-    pr_l = np.flatnonzero(has_prior)
-    pr_f = anc[pr_l, 0].astype(int)
-    pr_d = anc[pr_l, 1]
-    keep_pr = vo.registered[pr_f]
-    pr_l, pr_f, pr_d = pr_l[keep_pr], pr_f[keep_pr], pr_d[keep_pr]
-    pr_pose_col = np.array([fidx.get(f, -1) for f in pr_f], int)
-
-    rv0 = Rotation.from_matrix(vo.R[free]).as_rotvec()
-    x0 = np.concatenate([np.c_[rv0, vo.t[free]].ravel(), vo.X[lms].ravel()])
+    x_pose0 = np.c_[Rotation.from_matrix(vo.R[free]).as_rotvec(), vo.t[free]].ravel()
     R_all, t_all = vo.R.copy(), vo.t.copy()
+    sig_px = cfg.ba_track_sigma_px
 
     def unpack(x):
         p = x[: 6 * n_p].reshape(n_p, 6)
-        R = R_all.copy()
-        t = t_all.copy()
+        R, t = R_all.copy(), t_all.copy()
         R[free] = Rotation.from_rotvec(p[:, :3]).as_matrix()
         t[free] = p[:, 3:]
         return R, t, x[6 * n_p :].reshape(n_l, 3)
 
-    def residuals(x):
-        R, t, L = unpack(x)
-        xc = np.einsum("nij,nj->ni", R[of], L[lm_col]) + t[of]
-        z = np.maximum(xc[:, 2], 1e-6)
-        u = Ks[:, 0, 0] * xc[:, 0] / z + Ks[:, 0, 2]
-        v = Ks[:, 1, 1] * xc[:, 1] / z + Ks[:, 1, 2]
-        r = [np.c_[u - ouv[:, 0], v - ouv[:, 1]].ravel()]
-        if len(pr_l):
-            zp = np.einsum("nj,nj->n", R[pr_f, 2], L[pr_l]) + t[pr_f, 2]
-            # Scaled so one sigma of depth noise costs as much as one pixel of reprojection error.
-            r.append((zp - pr_d) / (cfg.ba_depth_sigma_rel * pr_d))
-        return np.concatenate(r)
+    def solve(of, ol, ouv, od, osd, x0, nfev):
+        lm_col = lidx[ol]
+        pose_col = fidx[of]
+        Ks = vo.K[of]
+        hd = np.flatnonzero(np.isfinite(od))
 
-    m = 2 * len(of) + len(pr_l)
-    A = lil_matrix((m, len(x0)), dtype=np.int8)
-    rows = np.arange(len(of))
-    for k in range(6):
-        pc = pose_col >= 0
-        A[2 * rows[pc], 6 * pose_col[pc] + k] = 1
-        A[2 * rows[pc] + 1, 6 * pose_col[pc] + k] = 1
-    for k in range(3):
-        A[2 * rows, 6 * n_p + 3 * lm_col + k] = 1
-        A[2 * rows + 1, 6 * n_p + 3 * lm_col + k] = 1
-    base = 2 * len(of)
-    for i, (l, pcol) in enumerate(zip(pr_l, pr_pose_col)):
-        A[base + i, 6 * n_p + 3 * l : 6 * n_p + 3 * l + 3] = 1
-        if pcol >= 0:
-            A[base + i, 6 * pcol : 6 * pcol + 6] = 1
-    r0 = residuals(x0)
-    sol = least_squares(
-        residuals, x0, jac_sparsity=A.tocsr(), method="trf", loss="huber", f_scale=1.0,
-        x_scale="jac", max_nfev=cfg.ba_max_nfev,
-    )
+        def residuals(x):
+            R, t, L = unpack(x)
+            xc = np.einsum("nij,nj->ni", R[of], L[lm_col]) + t[of]
+            z = np.maximum(xc[:, 2], 1e-6)
+            u = Ks[:, 0, 0] * xc[:, 0] / z + Ks[:, 0, 2]
+            v = Ks[:, 1, 1] * xc[:, 1] / z + Ks[:, 1, 2]
+            r = [np.c_[u - ouv[:, 0], v - ouv[:, 1]].ravel() / sig_px, (xc[hd, 2] - od[hd]) / osd[hd]]
+            return np.concatenate(r)
+
+        m_rep, m_d = 2 * len(of), len(hd)
+        # Sparsity: a reprojection row touches its frame's 6 pose columns (if free) and its landmark's 3;
+        # a depth row the same for its observation.
+        res_rows = np.r_[2 * np.arange(len(of)), 2 * np.arange(len(of)) + 1, m_rep + np.arange(m_d)]
+        obs_of_row = np.r_[np.arange(len(of)), np.arange(len(of)), hd]
+        pc, lc = pose_col[obs_of_row], lm_col[obs_of_row]
+        has_p = pc >= 0
+        r_idx = [np.repeat(res_rows[has_p], 6), np.repeat(res_rows, 3)]
+        c_idx = [(6 * pc[has_p, None] + np.arange(6)).ravel(), (6 * n_p + 3 * lc[:, None] + np.arange(3)).ravel()]
+        r_idx, c_idx = np.concatenate(r_idx), np.concatenate(c_idx)
+        A = coo_matrix((np.ones(len(r_idx), np.int8), (r_idx, c_idx)), shape=(m_rep + m_d, len(x0))).tocsr()
+        sol = least_squares(residuals, x0, jac_sparsity=A, method="trf", tr_solver="lsmr", loss="huber",
+                            f_scale=cfg.ba_huber_sigma, x_scale="jac", max_nfev=nfev)
+        return sol, residuals(x0), m_rep, hd
+
+    x0 = np.concatenate([x_pose0, vo.X[lms].ravel()])
+    sol, r0, m_rep, hd = solve(of, ol, ouv, od, osd, x0, cfg.ba_max_nfev)
+    # Drop observations whose reprojection or depth disagrees by more than ba_outlier_sigma (drifted
+    # tracks, occlusion junctions) and polish.
+    e_rep = np.linalg.norm(sol.fun[:m_rep].reshape(-1, 2), axis=1)
+    bad = e_rep > cfg.ba_outlier_sigma
+    bad_d = np.zeros(len(of), bool)
+    bad_d[hd] = np.abs(sol.fun[m_rep:]) > cfg.ba_outlier_sigma
+    od2 = np.where(bad_d, np.nan, od)
+    ok = ~bad
+    n_out = int(bad.sum() + bad_d.sum())
+    if n_out:
+        sol, _, m_rep, _ = solve(of[ok], ol[ok], ouv[ok], od2[ok], osd[ok], sol.x, cfg.ba_max_nfev)
     R, t, L = unpack(sol.x)
     vo.R, vo.t = R, t
     vo.X[lms] = L
-    n_reproj = 2 * len(of)
     return {
-        "ba_rmse_px_before": float(np.sqrt(np.mean(r0[:n_reproj] ** 2))),
-        "ba_rmse_px_after": float(np.sqrt(np.mean(sol.fun[:n_reproj] ** 2))),
+        "ba_rmse_px_before": float(np.sqrt(np.mean(r0[:m_rep] ** 2)) * sig_px) if len(r0) else float("nan"),
+        "ba_rmse_px_after": float(np.sqrt(np.mean(sol.fun[:m_rep] ** 2)) * sig_px),
         "ba_landmarks": int(n_l),
-        "ba_observations": len(of),
+        "ba_observations": int(len(of)),
+        "ba_depth_observations": int(np.isfinite(od2[ok]).sum()),
+        "ba_outliers_removed": n_out,
     }
 
 

@@ -49,9 +49,10 @@ def ensure_dvc_repo(root: str | os.PathLike, remote_url: str | None = None) -> P
         with repo.config.edit() as conf:
             conf["core"]["analytics"] = False
             if not conf["core"].get("remote"):
-                # Relative to .dvc/ (DVC resolves config paths from the config file), so the committed config
-                # works in any clone of the repository.
-                url = remote_url or os.environ.get(ENV_REMOTE_URL) or os.path.join("..", "data", "dvc-remote")
+                # A relative path (DVC reads it relative to the cwd and stores it relative to .dvc/), so the
+                # committed config works in any clone of the repository.
+                url = (remote_url or os.environ.get(ENV_REMOTE_URL)
+                       or os.path.relpath(root.resolve() / "data" / "dvc-remote"))
                 conf["remote"][DEFAULT_REMOTE_NAME] = {"url": url}
                 conf["core"]["remote"] = DEFAULT_REMOTE_NAME
     finally:

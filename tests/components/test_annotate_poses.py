@@ -26,10 +26,23 @@ def test_metric_poses_with_sensor_depth(turn_clip):
     np.testing.assert_allclose(res.c2w[0], np.eye(4), atol=1e-9)
     length = M.path_length(c.c2w)
     assert length > 0.5
-    assert M.ate(res.c2w, c.c2w, "sim3")["rmse"] < 0.02 * length
-    assert M.scale_error(res.c2w, c.c2w) < 0.05
-    assert M.ate(res.c2w, c.c2w, "se3")["rmse"] < 0.03 * length  # metric: no scale fitting needed
+    # Measured 0.0033 x length for both (the pre-global-BA estimator had 0.009); bounds leave ~2x margin.
+    assert M.ate(res.c2w, c.c2w, "sim3")["rmse"] < 0.007 * length
+    assert M.scale_error(res.c2w, c.c2w) < 0.01
+    assert M.ate(res.c2w, c.c2w, "se3")["rmse"] < 0.007 * length  # metric: no scale fitting needed
     assert 0.0 < res.confidence <= 1.0
+    assert res.diagnostics["ba_depth_observations"] > 0.5 * res.diagnostics["ba_observations"]
+
+
+def test_fast_strafe_keeps_metric_scale():
+    # Sideways motion is the case where reprojection alone trades translation for yaw (and the old
+    # estimator lost scale: se3 ATE 0.009 x length); per-observation depth residuals must keep it metric.
+    c = render_clip(ClipSpec(kind="strafe", speed="fast", num_frames=24, fps=12.0, height=96, width=128, seed=3))
+    res = estimate_poses(c.frames, c.fps, c.intrinsics, depth=c.depth)
+    length = M.path_length(c.c2w)
+    assert length > 2.0 and res.registered.all()
+    assert M.ate(res.c2w, c.c2w, "se3")["rmse"] < 0.006 * length  # measured 0.0041 x length
+    assert M.scale_error(res.c2w, c.c2w) < 0.02  # measured 0.012
 
 
 class _RendererDepth:

@@ -11,9 +11,13 @@ from pipelines.cluster import default_settings
 from pipelines.compile import compile_all
 from pipelines.dags import GPU_STEPS, PipelineMeta, build_pipeline
 
-FULL_EDGES = {("annotate", "ingest"), ("train", "annotate"), ("distill", "train"), ("distill", "annotate"),
-              ("quantize", "distill"), ("quantize", "annotate"), ("evaluate", "quantize"),
-              ("evaluate", "annotate"), ("register", "evaluate"),
+# Annotation fans out: annotate-plan -> for-loop-1 (a sub-DAG of annotate-group tasks) -> annotate-merge,
+# whose shards every later step reads.
+FULL_EDGES = {("annotate-plan", "ingest"), ("for-loop-1", "annotate-plan"), ("for-loop-1", "ingest"),
+              ("annotate-merge", "for-loop-1"),
+              ("train", "annotate-merge"), ("distill", "train"), ("distill", "annotate-merge"),
+              ("quantize", "distill"), ("quantize", "annotate-merge"), ("evaluate", "quantize"),
+              ("evaluate", "annotate-merge"), ("register", "evaluate"),
               ("register", "quantize"), ("deploy", "register")}
 
 
@@ -26,6 +30,20 @@ def compiled(tmp_path_factory):
 
 def _tasks(docs):
     return docs[0]["root"]["dag"]["tasks"]
+
+
+def _container_tasks(docs):
+    """(name, task) of every task that runs a container, including those inside ParallelFor sub-DAGs."""
+    comps = docs[0]["components"]
+    stack, out = [_tasks(docs)], []
+    while stack:
+        for name, t in stack.pop().items():
+            comp = comps[t["componentRef"]["name"]]
+            if "dag" in comp:
+                stack.append(comp["dag"]["tasks"])
+            else:
+                out.append((name, t))
+    return out
 
 
 def test_versioned_file_names_and_description(compiled):
@@ -52,8 +70,9 @@ def test_gpu_node_selector_and_pvc_per_task(compiled):
     docs = compiled["sana-wm-full-v9.9.9+gabc1234.yaml"]
     executors = docs[0]["deploymentSpec"]["executors"]
     k8s = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    tasks = _tasks(docs)
-    for name, t in tasks.items():
+    tasks = _container_tasks(docs)
+    assert {"annotate-plan", "annotate-group", "annotate-merge"} <= {name for name, _ in tasks}
+    for name, t in tasks:
         ex = t["componentRef"]["name"].replace("comp-", "exec-")
         res = executors[ex]["container"].get("resources", {})
         if name in GPU_STEPS:
@@ -65,6 +84,37 @@ def test_gpu_node_selector_and_pvc_per_task(compiled):
         assert k8s[ex]["pvcMount"][0]["mountPath"] == "/data"
         assert executors[ex]["container"]["image"].endswith(":" + __import__("components.common.paths",
                                                                              fromlist=["x"]).PACKAGE_VERSION)
+
+
+@pytest.mark.parametrize("name", ["data", "full"])
+def test_annotate_fans_out_over_a_parallel_for(compiled, name):
+    docs = compiled[f"sana-wm-{name}-v9.9.9+gabc1234.yaml"]
+    tasks, comps = _tasks(docs), docs[0]["components"]
+    loop = tasks["for-loop-1"]
+    # The loop iterates over the plan's list output, at most the cluster's parallelism at once.
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--annotate-plan-Output"
+    assert loop["inputs"]["parameters"]["pipelinechannel--annotate-plan-Output"]["taskOutputParameter"] == {
+        "outputParameterKey": "Output", "producerTask": "annotate-plan"}
+    assert loop["iteratorPolicy"]["parallelismLimit"] == default_settings().annotate_parallelism
+    assert comps["comp-annotate-plan"]["outputDefinitions"]["parameters"]["Output"]["parameterType"] == "LIST"
+    # Inside: one annotate-group per item, fed the loop item as its clip ids.
+    body = comps[loop["componentRef"]["name"]]["dag"]
+    group = body["tasks"]["annotate-group"]
+    assert group["inputs"]["parameters"]["ids"]["componentInputParameter"].endswith("-loop-item")
+    assert group["inputs"]["parameters"]["workers"]["runtimeValue"]["constant"] == default_settings().annotate_workers
+    # Collected: the loop exposes the groups' shards as one artifact list, which the merge consumes.
+    (key,) = body["outputs"]["artifacts"]
+    assert body["outputs"]["artifacts"][key]["artifactSelectors"] == [
+        {"outputArtifactKey": "shards", "producerSubtask": "annotate-group"}]
+    assert comps[loop["componentRef"]["name"]]["outputDefinitions"]["artifacts"][key]["isArtifactList"] is True
+    merge = tasks["annotate-merge"]
+    assert merge["inputs"]["artifacts"]["parts"]["taskOutputArtifact"] == {
+        "outputArtifactKey": key, "producerTask": "for-loop-1"}
+    assert comps["comp-annotate-merge"]["inputDefinitions"]["artifacts"]["parts"]["isArtifactList"] is True
+    assert merge["taskInfo"]["name"] == "annotate"  # the UI still shows one "annotate" step with the shards
+    root_params = docs[0]["root"]["inputDefinitions"]["parameters"]
+    assert root_params["annotate_groups"]["defaultValue"] == 2
+    assert tasks["annotate-plan"]["inputs"]["parameters"]["groups"] == {"componentInputParameter": "annotate_groups"}
 
 
 def test_trainjob_spec_is_in_the_ir(compiled):

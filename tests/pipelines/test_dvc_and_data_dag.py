@@ -1,5 +1,6 @@
-"""DVC helpers in a throw-away git repo, and the `data` DAG (ingest -> annotate) through the real KFP
-local runner with MLflow nesting (the part of the DAG whose steps exist independently of training)."""
+"""DVC helpers in a throw-away git repo, and the `data` DAG (ingest -> annotate fan-out: plan ->
+ParallelFor(group) -> merge) through the real KFP local runner with MLflow nesting (the part of the DAG
+whose steps exist independently of training)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def test_ensure_dvc_repo_is_idempotent_with_default_remote(tmp_path):
     dvc_utils.ensure_dvc_repo(tmp_path)  # second call: no error, no change
     conf = (tmp_path / ".dvc" / "config").read_text().lower()
     assert "analytics = false" in conf and "remote = local" in conf
-    assert str(tmp_path / "data" / "dvc-remote").lower() in conf
+    assert "url = ../data/dvc-remote" in conf  # relative to .dvc/: the committed config works in any clone
 
 
 def test_ensure_dvc_repo_subdir_and_existing_remote(tmp_path):
@@ -54,9 +55,13 @@ def test_data_dag_through_kfp_local(tmp_path, monkeypatch):
                            tracking_uri=uri, parent_run_id=parent.run_id, experiment="t")
     parent.close()
     (run,) = list((tmp_path / "kfp").glob("sana-wm-data-*"))
-    shards = run / "annotate" / "shards"
+    shards = run / "annotate-merge" / "shards"  # the fan-out's merge task holds the one shards artifact
     manifest = [yaml.safe_load(line) for line in (shards / "manifest.jsonl").read_text().splitlines()]
     assert len(manifest) == 2 and list(shards.glob("*.tar"))
+    # annotate_groups defaults to 2: two annotate-group tasks, one clip each, merged into the manifest above.
+    parts = sorted(run.glob("for-loop-*-iteration-*/annotate-group/shards/manifest.jsonl"))
+    part_ids = [yaml.safe_load(line)["id"] for p in parts for line in p.read_text().splitlines()]
+    assert len(parts) == 2 and sorted(part_ids) == sorted(m["id"] for m in manifest)
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name("t")
     children = [r for r in client.search_runs([exp.experiment_id])

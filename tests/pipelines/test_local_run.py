@@ -19,16 +19,8 @@ TINY_PARAMS = {"preset": "tiny", "ingest": {"num_clips": 3, "seed": 0, "height":
                "train": {"steps": 2}, "evaluate": {"num_clips": 1}, "register": {"model_name": "sana-wm-tiny"}}
 
 
-def _have_all_steps() -> bool:
-    import importlib.util
-
-    return all(importlib.util.find_spec(f"components.{s}.__main__") for s in STEPS)
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    if not _have_all_steps():
-        pytest.skip("not every step's __main__ exists yet")
     root = tmp_path_factory.mktemp("project")
     shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
     shutil.copy(ROOT / ".gitignore", root / ".gitignore")
