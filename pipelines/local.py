@@ -222,11 +222,13 @@ def publish(run_dir: Path, layout: DataLayout) -> dict[str, str]:
 def _read_timings(folder: Path) -> dict[str, dict[str, Any]]:
     import json
 
-    got = {}
+    got: dict[str, dict[str, Any]] = {}
     for step in STEPS:
-        p = folder / f"{step}.json"
-        if p.exists():
-            got[step] = json.loads(p.read_text())
+        parts = [json.loads(p.read_text()) for p in sorted(folder.glob(f"{step}.*.json"))]
+        if parts:  # wall span over the step's tasks; FAILED if any task failed
+            start, end = min(p["start"] for p in parts), max(p["end"] for p in parts)
+            status = "FAILED" if any(p["status"] != "SUCCESS" for p in parts) else "SUCCESS"
+            got[step] = {"step": step, "seconds": end - start, "status": status, "tasks": len(parts)}
     return got
 
 

@@ -18,10 +18,16 @@ ENV_TIMINGS_DIR = "SANA_WM_TIMINGS_DIR"
 
 
 def _record(step: str, seconds: float, status: str) -> None:
-    """Leave ``<step>.json`` in ``$SANA_WM_TIMINGS_DIR`` for the local driver's summary table."""
+    """Leave ``<step>.<pid>.json`` in ``$SANA_WM_TIMINGS_DIR`` for the local driver's summary table.
+
+    One file per task: a step that fans out (annotate: plan, N groups, merge) leaves several, and the
+    driver reports the wall span from the first start to the last end.
+    """
     out = os.environ.get(ENV_TIMINGS_DIR)
     if out:
-        write_json(os.path.join(out, f"{step}.json"), {"step": step, "seconds": seconds, "status": status})
+        end = time.time()
+        write_json(os.path.join(out, f"{step}.{os.getpid()}.{time.monotonic_ns()}.json"),
+                   {"step": step, "seconds": seconds, "status": status, "start": end - seconds, "end": end})
 
 
 def run_step(

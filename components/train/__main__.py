@@ -1,0 +1,166 @@
+"""CLI: ``python -m components.train --shards DIR --preset small --steps K --out DIR [--deepspeed --zero-stage 2]``
+and ``python -m components.train plan --preset sana_wm_2b6 --nodes 8 --gpus-per-node 8 [--zero-stage 3] [--mfu 0.35]``.
+
+Writes a model bundle (``WorldModelPipeline.save_pretrained``, metadata kind="teacher") to ``--out``.
+Checkpoints go to ``--ckpt-dir`` (default ``<out>.ckpt``); rerunning the same command resumes from the
+latest one. ``--deepspeed`` outside a launcher re-executes itself under torchrun (``--nproc``, 2 on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from components.train.config import TrainConfig, default_train_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m components.train", description=__doc__.split("\n")[0])
+    ap.add_argument("--shards", required=True, help="annotated shards folder (webdataset tars)")
+    ap.add_argument("--out", required=True, help="output model bundle folder")
+    ap.add_argument("--preset", default="small", help="model preset: tiny, small, sana_wm_2b6")
+    ap.add_argument("--steps", type=int, default=100, help="optimizer steps (single-stage presets)")
+    ap.add_argument("--batch-size", type=int, default=None, help="clips per rank per step")
+    ap.add_argument("--latent-frames", type=int, default=None, help="latent frames per clip (default 4)")
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0 = end only)")
+    ap.add_argument("--ckpt-dir", default=None, help="checkpoint folder (default <out>.ckpt)")
+    ap.add_argument("--cache-dir", default=None, help="latent cache folder (default <out>.cache)")
+    ap.add_argument("--init", default=None, help="start from this model bundle instead of random weights")
+    ap.add_argument("--max-clips", type=int, default=None, help="use at most this many clips")
+    ap.add_argument("--ema", type=float, default=None, help="EMA decay (e.g. 0.999); off by default")
+    ap.add_argument("--no-activation-checkpointing", action="store_true")
+    ap.add_argument("--deepspeed", action="store_true", help="DeepSpeed ZeRO engine under torchrun")
+    ap.add_argument("--zero-stage", type=int, default=2, choices=[0, 1, 2, 3])
+    ap.add_argument("--nproc", type=int, default=2, help="local processes torchrun starts for --deepspeed")
+    ap.add_argument("--train-config-json", default=None, help="a full TrainConfig as JSON (overrides the flags)")
+    from components.common.tracking import add_tracking_args
+
+    add_tracking_args(ap)
+    return ap
+
+
+def config_from_args(a: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig the flags describe (or ``--train-config-json`` verbatim, as the TrainJob passes it)."""
+    if a.train_config_json:
+        return TrainConfig.from_dict(json.loads(a.train_config_json))
+    from components.train.config import OptimConfig
+
+    return default_train_config(
+        a.preset, a.steps, batch_size=a.batch_size, latent_frames=a.latent_frames, lr=a.lr, seed=a.seed,
+        checkpoint_every=a.checkpoint_every, deepspeed=a.deepspeed, zero_stage=a.zero_stage,
+        activation_checkpointing=not a.no_activation_checkpointing, optim=OptimConfig(ema_decay=a.ema))
+
+
+def run_training(tc: TrainConfig, shards: str, out: str, *, ckpt_dir: str | None = None,
+                 cache_dir: str | None = None, init: str | None = None, max_clips: int | None = None,
+                 logger: Any = None, stop_after: int | None = None, samples: list[dict] | None = None) -> dict:
+    """Train and (rank 0) write the teacher bundle to ``out``. Returns a summary dict (losses, steps).
+
+    ``samples`` (shard-reader dicts) replaces reading ``shards`` (tests, demos); ``stop_after`` ends this
+    call after that many steps without writing the bundle (a simulated kill; rerun to resume).
+    """
+    import torch
+
+    from components.train.data import ClipLatentDataset, iter_samples
+    from components.train.trainer import Trainer
+    from model.config import get_preset
+    from model.pipeline import WorldModelPipeline
+
+    # Read the shards before joining the process group: webdataset's default node splitter refuses to run
+    # once torch.distributed is initialised, and every rank wants every clip (the sampler shards batches).
+    if samples is None:
+        samples = []
+        for s in iter_samples(shards):
+            samples.append(s)
+            if max_clips and len(samples) >= max_clips:
+                break
+    rank, world = 0, 1
+    if tc.deepspeed:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu")
+
+    if init:
+        pipe = WorldModelPipeline.from_pretrained(init)
+        if pipe.config.name != tc.preset:
+            raise ValueError(f"--init bundle is preset {pipe.config.name!r} but the run asks for {tc.preset!r}")
+    else:
+        pipe = WorldModelPipeline.from_config(get_preset(tc.preset), seed=tc.seed)
+    cfg = pipe.config
+    cache = Path(cache_dir) if cache_dir else Path(str(out).rstrip("/") + ".cache")
+
+    def build() -> dict:
+        return {F: ClipLatentDataset(samples, cfg, F, pipe.vae, pipe.text_encoder, cache)
+                for F in sorted({s.latent_frames for s in tc.stages})}
+
+    if world > 1:
+        # rank 0 encodes and fills the cache; the others then read it instead of encoding again
+        if rank == 0:
+            datasets = build()
+        torch.distributed.barrier()
+        if rank != 0:
+            datasets = build()
+    else:
+        datasets = build()
+
+    net = pipe.network
+    trainer = Trainer(tc, net, datasets, cfg, ckpt_dir or (str(out).rstrip("/") + ".ckpt"), logger=logger,
+                      rank=rank, world_size=world, device=device)
+    results = trainer.run(stop_after=stop_after)
+    summary = {"losses": [r.loss for r in results], "steps": trainer.state.step,
+               "grad_norms": [r.grad_norm for r in results],
+               "clips": {str(F): len(d) for F, d in datasets.items()}}
+    done = trainer.state.step >= tc.total_steps
+    if done:
+        sd = trainer.final_state_dict()
+        if rank == 0:
+            net_cpu = pipe.network.to("cpu")
+            net_cpu.load_state_dict(sd)
+            last = summary["losses"][-1] if summary["losses"] else None
+            pipe.save_pretrained(out, kind="teacher", info={
+                "train_config": tc.to_dict(), "steps": trainer.state.step, "final_loss": last,
+                "clips": summary["clips"]})
+    if world > 1:
+        torch.distributed.barrier()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["plan"]:
+        from components.train.planner import main as plan_main
+
+        return plan_main(argv[1:])
+    a = build_parser().parse_args(argv)
+    if a.steps < 1:
+        print(f"error: --steps must be >= 1, got {a.steps}", file=sys.stderr)
+        return 2
+    tc = config_from_args(a)
+    from components.train.launch import launch, under_launcher
+
+    if tc.deepspeed and not under_launcher():
+        # the workers do not need --nproc, and torchrun's parser would take it for its own --nproc-per-node
+        worker = [x for i, x in enumerate(argv) if x != "--nproc" and (i == 0 or argv[i - 1] != "--nproc")]
+        worker = [x for x in worker if not x.startswith("--nproc=")]
+        return launch(worker, a.nproc)
+    from components.common.tracking import logger_from_args
+
+    with logger_from_args(a, "train") as logger:
+        summary = run_training(tc, a.shards, a.out, ckpt_dir=a.ckpt_dir, cache_dir=a.cache_dir, init=a.init,
+                               max_clips=a.max_clips, logger=logger)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"out": a.out, "steps": summary["steps"],
+                          "final_loss": summary["losses"][-1] if summary["losses"] else None}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
