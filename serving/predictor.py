@@ -24,7 +24,20 @@ import numpy as np
 
 MODES = ("streaming", "bidirectional", "few_step")
 SEED_MAX = 2**63 - 1  # the wire type is INT64; torch.Generator.manual_seed takes any non-negative int64
-DEFAULT_LOADER = "model.pipeline:WorldModelPipeline.from_pretrained"
+DEFAULT_LOADER = "serving.predictor:load_pipeline"
+
+
+def load_pipeline(bundle_dir: str | Path, device: str = "cpu") -> Any:
+    """Default loader: a plain bundle through ``WorldModelPipeline.from_pretrained``; a quantized bundle
+    (``quant/`` written by the quantize step) through ``components.quantize.load_bundle``, which restores
+    the NVFP4 module tree. ModelOpt is imported only in the second case, so plain serving stays light."""
+    if (Path(bundle_dir) / "quant" / "quant.json").exists():
+        from components.quantize import load_bundle
+
+        return load_bundle(bundle_dir, device=device)
+    from model.pipeline import WorldModelPipeline
+
+    return WorldModelPipeline.from_pretrained(bundle_dir, device=device)
 
 
 class RequestError(ValueError):

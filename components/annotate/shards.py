@@ -135,6 +135,10 @@ def _decode_mp4(data: bytes, key: str) -> np.ndarray:
     return np.stack(frames)
 
 
+def _every_shard(urls):
+    return urls
+
+
 def iter_shard_samples(shard_dir: str | os.PathLike, decode: bool = True) -> Iterator[dict]:
     """Iterate the samples of every ``shard-*.tar`` in ``shard_dir`` (sorted, deterministic order).
 
@@ -145,7 +149,10 @@ def iter_shard_samples(shard_dir: str | os.PathLike, decode: bool = True) -> Ite
     shards = sorted(Path(shard_dir).glob("shard-*.tar"))
     if not shards:
         raise ValueError(f"no shard-*.tar files in {str(shard_dir)!r}")
-    ds = wds.WebDataset([str(p) for p in shards], shardshuffle=False, empty_check=False)
+    # nodesplitter: every reader sees every shard; rank-splitting is the training loader's job (and
+    # webdataset's default splitter refuses to run under torchrun, where RANK/WORLD_SIZE are set).
+    ds = wds.WebDataset([str(p) for p in shards], shardshuffle=False, empty_check=False,
+                        nodesplitter=_every_shard)
     for s in ds:
         key = s["__key__"]
         missing = {"mp4", "poses.npz", "json"} - set(s)

@@ -101,11 +101,11 @@ def evaluate(model_dir: Path, shards: Path, out: Path, num_clips: int, max_frame
     from PIL import Image
 
     from components.evaluate.camera_metrics import camera_following_report, plot_camera_report
-    from model.pipeline import WorldModelPipeline
+    from components.quantize import load_bundle
     from model.trajectory import Trajectory, save_trajectory
     from serving.client import write_mp4
 
-    pipe = WorldModelPipeline.from_pretrained(model_dir)
+    pipe = load_bundle(model_dir)  # the NVFP4 network itself when the bundle is quantized
     cfg = pipe.config
     ts = cfg.vae.temporal_stride
     # Distilled bundles are meant to run few-step; a teacher runs the streaming sampler.

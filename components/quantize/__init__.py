@@ -83,6 +83,17 @@ def load_quantized(bundle: str | Path) -> Any:
     return pipe
 
 
+def load_bundle(bundle: str | Path, device: str = "cpu") -> Any:
+    """Load any model bundle: a quantized one (``quant/quant.json`` present) with its NVFP4 module tree
+    restored through ModelOpt, a plain one with ``WorldModelPipeline.from_pretrained``. Evaluation and
+    serving use this so they run exactly the network the quantize step produced."""
+    from model.pipeline import WorldModelPipeline
+
+    if (Path(bundle) / "quant" / "quant.json").exists():
+        return load_quantized(bundle)
+    return WorldModelPipeline.from_pretrained(bundle, device=device)
+
+
 def _rel_mse(a: torch.Tensor, ref: torch.Tensor) -> float:
     return float((a.float() - ref.float()).pow(2).mean() / ref.float().pow(2).mean().clamp_min(1e-20))
 

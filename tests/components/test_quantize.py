@@ -100,3 +100,19 @@ def test_engine_export_without_gpu_exits_3(tmp_path, capsys):
     rc = main(["--model", str(tmp_path), "--shards", str(tmp_path), "--out", str(tmp_path / "o"), "--export-engine"])
     assert rc == 3
     assert "TensorRT engine export needs a CUDA GPU and the tensorrt package" in capsys.readouterr().err
+
+
+def test_serving_and_evaluation_load_the_quantized_network(setup, tmp_path):
+    """The default Triton loader and evaluation run the NVFP4 module tree, not the plain base weights."""
+    from components.quantize import load_bundle
+    from serving.predictor import load_pipeline
+
+    pipe, calib, _, _, _, _, _ = setup
+    spec = QuantSpec("qkv")
+    q = build_quantized(pipe.network, spec, calib)
+    out = save_quantized_bundle(pipe, q, spec, tmp_path / "qb2", {})
+    for loaded in (load_pipeline(out), load_bundle(out)):
+        assert enabled_quantizers(loaded.network) == enabled_quantizers(q) and enabled_quantizers(q)
+    plain = tmp_path / "plain"
+    pipe.save_pretrained(plain)
+    assert not enabled_quantizers(load_pipeline(plain).network)
