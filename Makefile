@@ -4,6 +4,8 @@ PY      ?= python3
 VENV    ?= .venv
 VPY     := $(VENV)/bin/python
 PRESET  ?= small
+# Subprocesses (KFP tasks, the Triton python stub) may start without a locale; read text as UTF-8 anyway.
+export PYTHONUTF8 := 1
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
 .PHONY: setup run test test-all compile clean-data help

@@ -91,6 +91,9 @@ def server_env(dist: TritonDist, base: dict[str, str] | None = None) -> dict[str
     # The venv's bin, not the resolved base interpreter: the embedded Python finds pyvenv.cfg from it.
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = f"{venv_bin}:{env.get('PATH', '')}"
+    # The python-backend stub starts with no locale; Python then reads text files as ASCII, and libraries
+    # that open UTF-8 sources (torch inductor templates, pulled in by ModelOpt) fail at import.
+    env["PYTHONUTF8"] = "1"
     return env
 
 

@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ode-steps", type=int, default=200)
     ap.add_argument("--dmd-steps", type=int, default=10)
     ap.add_argument("--teacher-steps", type=int, default=50, help="Euler steps of the teacher trajectories")
-    ap.add_argument("--latent-frames", type=int, default=7)
+    ap.add_argument("--latent-frames", type=int, default=None,
+                    help="latent frames per clip (default: the most every clip supplies, at most 7)")
     ap.add_argument("--max-clips", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default=None, help="latent cache (default <out>.cache)")
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--ode-steps and --dmd-steps must be >= 0")
 
     from components.distill import DistillConfig, DMDConfig, conditions_from_dataset, run_distill
-    from components.train.data import ClipLatentDataset, iter_samples
+    from components.train.data import ClipLatentDataset, fit_latent_frames, iter_samples
     from model.pipeline import WorldModelPipeline
 
     pipe = WorldModelPipeline.from_pretrained(a.teacher)
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         if len(samples) >= a.max_clips:
             break
     cfg = pipe.config
+    if a.latent_frames is None:
+        a.latent_frames = fit_latent_frames(samples, cfg.vae.temporal_stride, cap=7)
     ds = ClipLatentDataset(samples, cfg, a.latent_frames, pipe.vae, pipe.text_encoder,
                            a.cache_dir or str(a.out).rstrip("/") + ".cache")
     conds = conditions_from_dataset(ds, cfg)

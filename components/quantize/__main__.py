@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hadamard", action="store_true", help="random Hadamard rotation on the qkv inputs")
     ap.add_argument("--compare-modes", action="store_true", help="also report the errors of the other modes")
     ap.add_argument("--export-engine", action="store_true", help="ONNX -> TensorRT engine (CUDA + tensorrt only)")
-    ap.add_argument("--latent-frames", type=int, default=7)
+    ap.add_argument("--latent-frames", type=int, default=None,
+                    help="latent frames per clip (default: the most every clip supplies, at most 7)")
     ap.add_argument("--max-clips", type=int, default=8)
     ap.add_argument("--eval-steps", type=int, default=None, help="sampler steps for the generated-latent error")
     ap.add_argument("--seed", type=int, default=0)
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from components.distill import conditions_from_dataset
     from components.quantize import QuantSpec, build_quantized, quantization_errors, save_quantized_bundle
-    from components.train.data import ClipLatentDataset, iter_samples
+    from components.train.data import ClipLatentDataset, fit_latent_frames, iter_samples
     from model.pipeline import WorldModelPipeline
 
     pipe = WorldModelPipeline.from_pretrained(a.model)
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         samples.append(s)
         if len(samples) >= a.max_clips:
             break
+    if a.latent_frames is None:
+        a.latent_frames = fit_latent_frames(samples, cfg.vae.temporal_stride, cap=7)
     ds = ClipLatentDataset(samples, cfg, a.latent_frames, pipe.vae, pipe.text_encoder,
                            a.cache_dir or str(a.out).rstrip("/") + ".cache")
     if len(ds) < 2:

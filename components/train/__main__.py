@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--preset", default="small", help="model preset: tiny, small, sana_wm_2b6")
     ap.add_argument("--steps", type=int, default=100, help="optimizer steps (single-stage presets)")
     ap.add_argument("--batch-size", type=int, default=None, help="clips per rank per step")
-    ap.add_argument("--latent-frames", type=int, default=None, help="latent frames per clip (default 4)")
+    ap.add_argument("--latent-frames", type=int, default=None, help="latent frames per clip (default: the most every clip supplies, at most 9)")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0 = end only)")
@@ -143,6 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     if a.steps < 1:
         print(f"error: --steps must be >= 1, got {a.steps}", file=sys.stderr)
         return 2
+    if a.latent_frames is None and not a.train_config_json:
+        # Default clip length: the most latent frames every clip supplies (several chunks when the data
+        # allows it, so chunk-causal training sees cross-chunk context), capped to keep CPU runs short.
+        from components.train.data import fit_latent_frames, iter_samples
+        from model.config import get_preset
+
+        a.latent_frames = fit_latent_frames(list(iter_samples(a.shards)),
+                                            get_preset(a.preset).vae.temporal_stride, cap=9)
     tc = config_from_args(a)
     from components.train.launch import launch, under_launcher
 

@@ -105,6 +105,19 @@ def iter_samples(shards: str | Path) -> Iterator[dict]:
     yield from samples
 
 
+def fit_latent_frames(samples: list[dict], temporal_stride: int, cap: int) -> int:
+    """The most latent frames (at most ``cap``) that EVERY clip can supply: F with 1 + ts·(F−1) ≤ the
+    shortest clip. Steps that take ``--latent-frames`` default to this so they fit whatever clip length the
+    data was cut at, instead of failing on a hard-coded size."""
+    if not samples:
+        raise ValueError("no clips in the shards")
+    shortest = min(int(s["c2w"].shape[0]) for s in samples)
+    if shortest < 1 + temporal_stride:
+        raise ValueError(f"the shortest clip has {shortest} frames; at least {1 + temporal_stride} "
+                         f"(2 latent frames at temporal stride {temporal_stride}) are needed")
+    return max(2, min(cap, 1 + (shortest - 1) // temporal_stride))
+
+
 def _module_digest(module: torch.nn.Module) -> str:
     h = hashlib.sha1()
     for k, v in sorted(module.state_dict().items()):

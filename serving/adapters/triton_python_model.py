@@ -15,11 +15,20 @@ runs after the path finder). Putting ``repo_root`` first makes the project packa
 from __future__ import annotations
 
 import json
+import locale
 import sys
 import time
 import traceback
 
 import triton_python_backend_utils as pb_utils
+
+# The stub embeds Python with the "C" locale, so open() would decode text as ASCII, and libraries that read
+# UTF-8 files at import (torch inductor templates, pulled in by ModelOpt for quantized bundles) fail.
+# open() asks the LC_CTYPE locale each time, so switching it here is enough.
+try:
+    locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
+except locale.Error:  # pragma: no cover - every glibc has C.UTF-8; keep serving plain bundles regardless
+    pass
 
 
 class TritonPythonModel:
