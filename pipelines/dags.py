@@ -115,12 +115,15 @@ def _data_tasks(num_clips, seed, source_dir, clip_hw_frames, groups, tracking, c
     return _place(merge, "annotate", cluster)
 
 
-def _train_to_serve_tasks(shards, preset, steps, model_name, eval_clips, keep_serving, tracking, cluster):
+def _train_to_serve_tasks(shards, preset, steps, distill_steps, model_name, eval_clips, keep_serving, tracking,
+                          cluster):
     is_cluster = cluster is not None
     tr = train(shards=shards, preset=preset, steps=steps, cluster=is_cluster,
                trainjob_spec=json.dumps(cluster.trainjob, sort_keys=True) if is_cluster else "", **tracking)
     _place(tr, "train", cluster)
-    ds = _place(distill(teacher=tr.outputs["model"], shards=shards, **tracking), "distill", cluster)
+    ode_steps, dmd_steps, teacher_steps = distill_steps
+    ds = _place(distill(teacher=tr.outputs["model"], shards=shards, ode_steps=ode_steps, dmd_steps=dmd_steps,
+                        teacher_steps=teacher_steps, **tracking), "distill", cluster)
     qt = _place(quantize(model=ds.outputs["student"], shards=shards, **tracking), "quantize", cluster)
     ev = _place(evaluate(model=qt.outputs["quantized"], shards=shards, num_clips=eval_clips, **tracking),
                 "evaluate", cluster)
@@ -153,22 +156,26 @@ def build_pipeline(name: str, cluster: ClusterSettings | None = None,
 
     if name == "train_to_serve":
         def train_to_serve(shards_uri: str, preset: str = "small", steps: int = 200,
+                           distill_ode_steps: int = 60, distill_dmd_steps: int = 4, distill_teacher_steps: int = 20,
                            model_name: str = "sana-wm", eval_clips: int = 2, keep_serving: bool = False,
                            tracking_uri: str = "", parent_run_id: str = "", experiment: str = "sana-wm"):
             tracking = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id, experiment=experiment)
             imp = dsl.importer(artifact_uri=shards_uri, artifact_class=dsl.Dataset, reimport=False)
             imp.set_display_name("shards")
-            _train_to_serve_tasks(imp.output, preset, steps, model_name, eval_clips, keep_serving,
+            _train_to_serve_tasks(imp.output, preset, steps,
+                                  (distill_ode_steps, distill_dmd_steps, distill_teacher_steps), model_name, eval_clips, keep_serving,
                                   tracking, cluster)
         return deco(train_to_serve)
 
     def full(num_clips: int = 8, seed: int = 0, source_dir: str = "", clip_height: int = 64,
              clip_width: int = 96, clip_frames: int = 33, annotate_groups: int = 2, preset: str = "small",
-             steps: int = 200, model_name: str = "sana-wm", eval_clips: int = 2, keep_serving: bool = False,
+             steps: int = 200, distill_ode_steps: int = 60, distill_dmd_steps: int = 4,
+             distill_teacher_steps: int = 20, model_name: str = "sana-wm", eval_clips: int = 2, keep_serving: bool = False,
              tracking_uri: str = "", parent_run_id: str = "", experiment: str = "sana-wm"):
         tracking = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id, experiment=experiment)
         ann = _data_tasks(num_clips, seed, source_dir, (clip_height, clip_width, clip_frames), annotate_groups,
                           tracking, cluster)
-        _train_to_serve_tasks(ann.outputs["shards"], preset, steps, model_name, eval_clips, keep_serving,
+        _train_to_serve_tasks(ann.outputs["shards"], preset, steps,
+                              (distill_ode_steps, distill_dmd_steps, distill_teacher_steps), model_name, eval_clips, keep_serving,
                               tracking, cluster)
     return deco(full)

@@ -30,6 +30,9 @@ class LocalRunConfig:
     root: Path
     preset: str = "small"
     steps: int = 200
+    distill_ode_steps: int = 60
+    distill_dmd_steps: int = 4
+    distill_teacher_steps: int = 20
     num_clips: int = 8
     seed: int = 0
     clip_height: int = 64
@@ -52,6 +55,8 @@ class LocalRunConfig:
     def dvc_params(self) -> dict[str, Any]:
         """The values ``params.yaml`` must hold for this run to be recorded as the DVC stages' result."""
         return {"preset": self.preset, "train": {"steps": self.steps},
+                "distill": {"ode_steps": self.distill_ode_steps, "dmd_steps": self.distill_dmd_steps,
+                            "teacher_steps": self.distill_teacher_steps},
                 "ingest": {"num_clips": self.num_clips, "seed": self.seed, "height": self.clip_height,
                            "width": self.clip_width, "frames": self.clip_frames},
                 "evaluate": {"num_clips": self.eval_clips}, "register": {"model_name": self.model_name}}
@@ -73,6 +78,9 @@ def config_from_params(root: Path, **overrides: Any) -> LocalRunConfig:
     p = read_params(root)
     base = dict(root=root, preset=p.get("preset", "small"),
                 steps=p.get("train", {}).get("steps", 200),
+                distill_ode_steps=p.get("distill", {}).get("ode_steps", 60),
+                distill_dmd_steps=p.get("distill", {}).get("dmd_steps", 4),
+                distill_teacher_steps=p.get("distill", {}).get("teacher_steps", 20),
                 num_clips=p.get("ingest", {}).get("num_clips", 8), seed=p.get("ingest", {}).get("seed", 0),
                 clip_height=p.get("ingest", {}).get("height", 64), clip_width=p.get("ingest", {}).get("width", 96),
                 clip_frames=p.get("ingest", {}).get("frames", 33),
@@ -164,6 +172,8 @@ def run_local(cfg: LocalRunConfig) -> LocalRunResult:
         before = set(layout.kfp_root.glob("sana-wm-full-*"))
         pipeline(num_clips=cfg.num_clips, seed=cfg.seed, clip_height=cfg.clip_height, clip_width=cfg.clip_width,
                  clip_frames=cfg.clip_frames, preset=cfg.preset, steps=cfg.steps,
+                 distill_ode_steps=cfg.distill_ode_steps, distill_dmd_steps=cfg.distill_dmd_steps,
+                 distill_teacher_steps=cfg.distill_teacher_steps,
                  model_name=cfg.model_name, eval_clips=cfg.eval_clips, keep_serving=cfg.keep_serving,
                  tracking_uri=uri, parent_run_id=parent.run_id, experiment=cfg.experiment)
         new = sorted(set(layout.kfp_root.glob("sana-wm-full-*")) - before)

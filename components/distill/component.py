@@ -11,6 +11,9 @@ def distill(
     teacher: Input[Model],
     shards: Input[Dataset],
     student: Output[Model],
+    ode_steps: int = 60,
+    dmd_steps: int = 4,
+    teacher_steps: int = 20,
     tracking_uri: str = "",
     parent_run_id: str = "",
     experiment: str = "",
@@ -21,11 +24,15 @@ def distill(
         teacher: Teacher model bundle from train.
         shards: Annotated shards folder.
         student: Output student bundle folder.
+        ode_steps: Optimizer steps of the ODE-pair regression (student initialisation).
+        dmd_steps: Self-forcing DMD steps after the ODE stage.
+        teacher_steps: Euler steps of the teacher trajectories the ODE pairs come from.
         tracking_uri: MLflow tracking URI ('' = no tracking).
         parent_run_id: MLflow run to nest this step under.
         experiment: MLflow experiment name.
     """
     from components.common.launch import run_step
 
-    run_step("distill", ["--teacher", teacher.path, "--shards", shards.path, "--out", student.path],
+    run_step("distill", ["--teacher", teacher.path, "--shards", shards.path, "--out", student.path,
+                         "--ode-steps", ode_steps, "--dmd-steps", dmd_steps, "--teacher-steps", teacher_steps],
              tracking_uri, parent_run_id, experiment)

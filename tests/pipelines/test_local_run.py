@@ -16,7 +16,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = ("ingest", "annotate", "train", "distill", "quantize", "evaluate", "register", "deploy")
 TINY_PARAMS = {"preset": "tiny", "ingest": {"num_clips": 3, "seed": 0, "height": 64, "width": 64, "frames": 17},
-               "train": {"steps": 2}, "evaluate": {"num_clips": 1}, "register": {"model_name": "sana-wm-tiny"}}
+               "train": {"steps": 2}, "distill": {"ode_steps": 4, "dmd_steps": 1, "teacher_steps": 4}, "evaluate": {"num_clips": 1}, "register": {"model_name": "sana-wm-tiny"}}
 
 
 @pytest.fixture(scope="module")
