@@ -120,7 +120,8 @@ def fit_latent_frames(samples: list[dict], temporal_stride: int, cap: int) -> in
 
 def _module_digest(module: torch.nn.Module) -> str:
     h = hashlib.sha1()
-    for k, v in sorted(module.state_dict().items()):
+    # named_buffers adds non-persistent buffers (VideoVAE's latent mean/std): new statistics change latents
+    for k, v in sorted({**dict(module.named_buffers()), **module.state_dict()}.items()):
         h.update(k.encode())
         h.update(v.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
