@@ -110,17 +110,9 @@ def write_shards(samples: Iterable[ShardSample], shard_dir: str | os.PathLike, s
 
 def write_manifest(rows: Iterable[dict], shard_dir: str | os.PathLike) -> Path:
     """Write ``manifest.jsonl`` (one JSON object per clip: id, status, reason, ...) atomically."""
-    path = Path(shard_dir) / "manifest.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _atomic_path(path)
-    try:
-        with open(tmp, "w") as fh:
-            fh.writelines(json.dumps(row, sort_keys=True) + "\n" for row in rows)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    from components.ingest.sources import write_manifest as write_jsonl  # the same atomic JSON-lines writer
+
+    return write_jsonl(rows, Path(shard_dir) / "manifest.jsonl")
 
 
 def _decode_mp4(data: bytes, key: str) -> np.ndarray:

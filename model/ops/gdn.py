@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from model.ops.gdn_reference import framewise_delta_scan_reference
+from model.ops.gdn_reference import framewise_delta_scan_reference, segment_bounds
 
 SCAN_MODES = ("bidirectional", "chunk_causal")
 
@@ -86,15 +86,8 @@ def framewise_delta_scan(
     states = torch.stack(fwd, dim=2)  # (B,H,F,D,E), inclusive
 
     # Reverse exclusive states: frame t reads frames t+1 .. end of its segment.
-    if mode == "bidirectional":
-        bounds = [(0, F)]
-    else:
-        bounds, start = [], 0
-        for n in chunk_lens:  # type: ignore[union-attr]
-            bounds.append((start, start + n))
-            start += n
     rev_states = [None] * F
-    for start, stop in bounds:
+    for start, stop in segment_bounds(F, mode, chunk_lens):
         rev = q.new_zeros(B, H, D, E)
         for t in range(stop - 1, start - 1, -1):
             rev_states[t] = rev

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 
-def _segments(num_frames: int, mode: str, chunk_lens: list[int] | None) -> list[tuple[int, int]]:
+def segment_bounds(num_frames: int, mode: str, chunk_lens: list[int] | None) -> list[tuple[int, int]]:
+    """[start, stop) of the reverse-scan segments: the whole clip (bidirectional) or each chunk."""
     if mode == "bidirectional":
         return [(0, num_frames)]
     assert chunk_lens is not None and sum(chunk_lens) == num_frames
@@ -60,7 +61,7 @@ def framewise_delta_scan_reference(
                 state = W[t] @ state + U[t]
                 out[b, h, t] += q[b, h, t] @ state
             final[b, h] = state
-            for start, stop in _segments(F, mode, chunk_lens):
+            for start, stop in segment_bounds(F, mode, chunk_lens):
                 rev = torch.zeros(D, E, dtype=q.dtype, device=q.device)
                 for t in range(stop - 1, start - 1, -1):
                     out[b, h, t] += q[b, h, t] @ rev  # exclusive: frame t reads frames t+1..stop-1
