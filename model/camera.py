@@ -10,11 +10,13 @@ Conventions (shared with the annotation pipeline and the trajectory DSL):
     convention resizing an image by a factor scales every entry of the first two rows by that factor
     (no half-pixel shifts), and a centred principal point is simply (W/2, H/2).
 
-What the network consumes (``CameraCondition``):
+What the network consumes (``CameraCondition``, the released SANA-WM's two camera tensors):
+  * Branch A, ``raymap`` (B, F, 20): per latent frame the relative camera-to-world pose and the latent-
+    scale intrinsics; the network turns it into one world-to-ray transform per token (UCPE).
   * Branch B, ``plucker`` (B, F, 6*ts, h, w): for each of the ts raw frames behind a latent frame, the
     per-pixel Plücker ray (unit world direction d, moment o x d) at latent resolution.
-  * Branch A, ``rays`` (B, F, S, 4, 4): one rigid transform per latent token (UCPE-style): the camera
-    pose composed with a per-pixel rotation that takes +Z to that pixel's viewing ray.
+  Rays go through integer grid points (u, v) = (j, i) at latent resolution, as in the release's
+  ``prepare_camera`` (see ``ray_directions``).
 
 Everything here is pure torch; numpy arrays are accepted and converted. Geometry is computed in float64
 (poses with large translations lose millimetres in float32) and returned in the input's floating dtype.
@@ -36,7 +38,6 @@ __all__ = [
     "look_at",
     "plucker_rays",
     "ray_directions",
-    "ray_transforms",
     "relative_to_first",
     "rescale_intrinsics",
     "rotation_angle",
@@ -277,9 +278,12 @@ def rescale_intrinsics(K: ArrayLike, src_hw: Sequence[int], dst_hw: Sequence[int
 
 
 def ray_directions(K: ArrayLike, hw: Sequence[int]) -> torch.Tensor:
-    """Camera-frame unit ray directions (N, h, w, 3) through each pixel centre (j + 0.5, i + 0.5).
+    """Camera-frame unit ray directions (N, h, w, 3) through the grid points (u, v) = (j, i).
 
-    ``K`` is (N, 3, 3) or (3, 3) at resolution ``hw``. Returned in float64.
+    ``K`` is (N, 3, 3) or (3, 3) at resolution ``hw``. The grid samples integer pixel coordinates, as the
+    released SANA-WM's ``prepare_camera`` does at latent resolution: the checkpoint was trained on exactly
+    these rays, so following the release (not the pixel-centre convention) keeps its weights valid.
+    Returned in float64.
     """
     k = _as_tensor(K, "ray_directions K").to(torch.float64)
     if k.ndim == 2:
@@ -287,9 +291,9 @@ def ray_directions(K: ArrayLike, hw: Sequence[int]) -> torch.Tensor:
     if k.ndim != 3 or k.shape[-2:] != (3, 3):
         raise ValueError(f"ray_directions expects K of shape (N, 3, 3), got {tuple(k.shape)}")
     h, w = _hw(hw, "hw")
-    v, u = torch.meshgrid(torch.arange(h, dtype=torch.float64, device=k.device) + 0.5,
-                          torch.arange(w, dtype=torch.float64, device=k.device) + 0.5, indexing="ij")
-    pix = torch.stack([u, v, torch.ones_like(u)], -1)  # (h, w, 3) homogeneous pixel centres
+    v, u = torch.meshgrid(torch.arange(h, dtype=torch.float64, device=k.device),
+                          torch.arange(w, dtype=torch.float64, device=k.device), indexing="ij")
+    pix = torch.stack([u, v, torch.ones_like(u)], -1)  # (h, w, 3) homogeneous grid points
     # K^-1 via a triangular solve: K is upper triangular, so this is exact and never forms an inverse.
     d = torch.linalg.solve_triangular(k[:, None], pix.reshape(1, -1, 3, 1).expand(k.shape[0], -1, 3, 1),
                                       upper=True)[..., 0]
@@ -315,70 +319,42 @@ def plucker_rays(c2w: ArrayLike, K: ArrayLike, hw: Sequence[int]) -> torch.Tenso
     return torch.cat([d, m], -1).permute(0, 3, 1, 2).contiguous().to(dtype)
 
 
-def _rotation_from_z(d: torch.Tensor) -> torch.Tensor:
-    """Shortest-arc rotations (..., 3, 3) taking +Z to unit vectors d (..., 3).
-
-    With v = z x d and c = z . d = d_z: R = I + hat(v) + hat(v)^2 / (1 + c). Singular only at d = -Z;
-    pixel rays have d_z > 0 (K^-1 [u, v, 1] has z = 1), so the construction is stable and smooth across
-    the image, and the principal ray gets R = I.
-    """
-    z = torch.zeros_like(d)
-    z[..., 2] = 1.0
-    V = _hat(torch.linalg.cross(z, d, dim=-1))
-    eye = torch.eye(3, dtype=d.dtype, device=d.device).expand_as(V)
-    return eye + V + (V @ V) / (1.0 + d[..., 2])[..., None, None]
-
-
-def ray_transforms(c2w: ArrayLike, K: ArrayLike, hw: Sequence[int]) -> torch.Tensor:
-    """Per-ray rigid frames (F, h*w, 4, 4) for UCPE-style relative camera attention.
-
-    T = c2w @ [[R_ray, 0], [0, 1]] where R_ray is the shortest-arc rotation taking +Z to the pixel's
-    unit ray direction in camera coordinates (see ``_rotation_from_z``). So T's third rotation column is
-    the world-space ray direction and its translation the camera centre. Tokens are ordered row-major
-    over (h, w), matching a ``flatten(-2)`` of an (h, w) latent grid.
-
-    Args:
-        c2w: (F, 4, 4) poses, one per latent frame.
-        K: (F, 3, 3) intrinsics at resolution ``hw``.
-        hw: (h, w) latent grid.
-    """
-    c, k = _checked(c2w, K, "ray_transforms", atol=1e-3)
-    dtype = _out_dtype(_as_tensor(c2w, "c2w"))
-    d_cam = ray_directions(k, hw).flatten(1, 2)  # (F, S, 3)
-    local = torch.zeros(*d_cam.shape[:2], 4, 4, dtype=torch.float64, device=c.device)
-    local[..., :3, :3] = _rotation_from_z(d_cam)
-    local[..., 3, 3] = 1.0
-    return (c[:, None] @ local).to(dtype)
-
-
 # --------------------------------------------------------------------------------------------------
 # the network's camera input
 # --------------------------------------------------------------------------------------------------
+
+RAYMAP_DIM = 20  # flattened relative c2w (16) + fx, fy, cx, cy at latent scale (4)
+
 
 @dataclass(frozen=True)
 class CameraCondition:
     """Camera input of the network for B videos of F latent frames on an h x w latent grid.
 
+    The two tensors are exactly what the released SANA-WM consumes (``SanaWMTransformer3DModel``'s
+    ``camera_conditions`` and ``chunk_plucker``), in our frame-major layout:
+
     Attributes:
-        plucker: (B, F, 6*ts, h, w) Plücker rays of the ts raw frames behind each latent frame;
-            channel ``slot * 6 + c`` is component c of raw frame ``slot`` (branch B).
-        rays: (B, F, S, 4, 4), S = h*w, per-token rigid frames for relative camera attention (branch A).
+        raymap: (B, F, 20) per latent frame, the row-major flattened camera-to-world pose relative to raw
+            frame 0 followed by (fx, fy, cx, cy) at latent resolution. Drives branch A (UCPE attention);
+            the network derives its per-ray matrices from it.
+        plucker: (B, F, 6*ts, h, w) Plücker rays of the ts raw frames behind each latent frame; channel
+            ``slot * 6 + c`` is component c of raw frame ``slot`` (branch B).
     """
 
+    raymap: torch.Tensor
     plucker: torch.Tensor
-    rays: torch.Tensor
 
     def __post_init__(self) -> None:
-        p, r = self.plucker, self.rays
+        r, p = self.raymap, self.plucker
         if not (isinstance(p, torch.Tensor) and isinstance(r, torch.Tensor)):
-            raise TypeError("CameraCondition.plucker and .rays must be torch tensors")
+            raise TypeError("CameraCondition.raymap and .plucker must be torch tensors")
         if p.ndim != 5 or p.shape[2] % 6 != 0:
             raise ValueError(f"CameraCondition.plucker must be (B, F, 6*ts, h, w), got {tuple(p.shape)}")
-        if r.ndim != 5 or tuple(r.shape[-2:]) != (4, 4):
-            raise ValueError(f"CameraCondition.rays must be (B, F, S, 4, 4), got {tuple(r.shape)}")
-        if r.shape[:2] != p.shape[:2] or r.shape[2] != p.shape[3] * p.shape[4]:
-            raise ValueError(f"CameraCondition: plucker {tuple(p.shape)} and rays {tuple(r.shape)} disagree "
-                             f"on batch, frames or S = h*w")
+        if r.ndim != 3 or r.shape[-1] != RAYMAP_DIM:
+            raise ValueError(f"CameraCondition.raymap must be (B, F, {RAYMAP_DIM}), got {tuple(r.shape)}")
+        if r.shape[:2] != p.shape[:2]:
+            raise ValueError(f"CameraCondition: raymap {tuple(r.shape)} and plucker {tuple(p.shape)} disagree "
+                             f"on batch or frames")
 
     @property
     def num_frames(self) -> int:
@@ -392,26 +368,49 @@ class CameraCondition:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> CameraCondition:
         """Copy on ``device`` and/or in floating ``dtype``."""
-        return CameraCondition(self.plucker.to(device=device, dtype=dtype), self.rays.to(device=device, dtype=dtype))
+        return CameraCondition(self.raymap.to(device=device, dtype=dtype),
+                               self.plucker.to(device=device, dtype=dtype))
 
     def slice_frames(self, start: int, stop: int) -> CameraCondition:
         """Condition for latent frames [start, stop) (e.g. one chunk at streaming inference)."""
         if not 0 <= start < stop <= self.num_frames:
             raise ValueError(f"slice_frames: need 0 <= start < stop <= {self.num_frames}, got [{start}, {stop})")
-        return CameraCondition(self.plucker[:, start:stop], self.rays[:, start:stop])
+        return CameraCondition(self.raymap[:, start:stop], self.plucker[:, start:stop])
+
+    def select_frames(self, index: torch.Tensor) -> CameraCondition:
+        """Condition for the latent frames ``index`` (1-D long tensor), in that order."""
+        return CameraCondition(self.raymap[:, index], self.plucker[:, index])
+
+    def select_batch(self, index: torch.Tensor | slice) -> CameraCondition:
+        """Condition for the batch items ``index``."""
+        return CameraCondition(self.raymap[index], self.plucker[index])
+
+    @staticmethod
+    def cat(items: Sequence[CameraCondition]) -> CameraCondition:
+        """Concatenate along the batch (e.g. [cond; uncond] for classifier-free guidance)."""
+        return CameraCondition(torch.cat([c.raymap for c in items]), torch.cat([c.plucker for c in items]))
+
+    def diffusers_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(camera_conditions (B,F,20), chunk_plucker (B,6*ts,F,h,w)) in the reference's layout."""
+        return self.raymap, self.plucker.permute(0, 2, 1, 3, 4)
 
 
-def latent_frame_groups(num_latent_frames: int, temporal_stride: int) -> torch.Tensor:
-    """Raw frame indices (F, ts) behind each latent frame of a causal VAE.
+def latent_frame_groups(num_latent_frames: int, temporal_stride: int, num_raw_frames: int | None = None,
+                        ) -> torch.Tensor:
+    """Raw frame indices (F, ts) whose Plücker rays fill each latent frame's ts slots.
 
-    Latent frame 0 encodes raw frame 0 alone (repeated ts times to fill the slots); latent frame f >= 1
-    encodes raw frames 1 + ts*(f-1) .. ts*f. The last column is the newest raw frame of each group.
+    Following the release's ``prepare_camera``: latent frame f >= 1 takes raw frames ts*f - ts + 1 .. ts*f
+    (the frames its causal-VAE latent summarises); latent frame 0 takes raw frames 0 .. ts-1, a window
+    that starts at the clip. Indices past the last raw frame repeat it. The last column of f >= 1 is the
+    raw frame ts*f whose pose the raymap carries.
     """
     if num_latent_frames < 1 or temporal_stride < 1:
         raise ValueError(f"need F >= 1 and ts >= 1, got F={num_latent_frames}, ts={temporal_stride}")
+    n = num_raw_frames if num_raw_frames is not None else 1 + temporal_stride * (num_latent_frames - 1)
     f = torch.arange(num_latent_frames)[:, None]
     slot = torch.arange(temporal_stride)[None, :]
-    return torch.where(f == 0, torch.zeros_like(f + slot), 1 + temporal_stride * (f - 1) + slot)
+    start = (temporal_stride * f - (temporal_stride - 1)).clamp_min(0)
+    return (start + slot).clamp_max(n - 1)
 
 
 def camera_condition(
@@ -423,7 +422,7 @@ def camera_condition(
     *,
     dtype: torch.dtype | None = None,
 ) -> CameraCondition:
-    """Build the network's camera input from raw-frame poses.
+    """Build the network's camera input from raw-frame poses (the release's ``prepare_camera``, batched).
 
     Args:
         c2w: (B, N, 4, 4) camera-to-world poses per raw frame (any reference frame, metres).
@@ -434,12 +433,11 @@ def camera_condition(
         dtype: output dtype; default the input's floating dtype (float32 for non-float32/64 input).
 
     Returns:
-        ``CameraCondition`` with ``plucker`` (B, F, 6*ts, h, w) and ``rays`` (B, F, h*w, 4, 4).
+        ``CameraCondition`` with ``raymap`` (B, F, 20) and ``plucker`` (B, F, 6*ts, h, w).
 
-    Poses are made relative to each item's frame 0. Plücker slots follow ``latent_frame_groups``.
-    ``rays`` use the LAST raw frame behind each latent frame: the causal VAE's latent f summarises raw
-    frames up to ts*f, so its newest pose is the one the frame's content is rendered from at the end
-    of the group (and latent 0 is exactly raw frame 0, the conditioning image).
+    Poses are made relative to each item's frame 0 (metric, no rescaling). The raymap of latent frame f
+    carries raw frame ts*f — the newest frame its causal latent summarises (frame 0 for the conditioning
+    latent). Geometry runs in float64 and is cast at the end.
     """
     c = _as_tensor(c2w, "camera_condition c2w")
     k = _as_tensor(K, "camera_condition K")
@@ -471,12 +469,12 @@ def camera_condition(
     c64 = relative_to_first(torch.stack(cs))  # (B, N, 4, 4) float64
     k64 = rescale_intrinsics(torch.stack(ks), image_hw, latent_hw)
 
-    flat_c, flat_k = c64.reshape(B * N, 4, 4), k64.reshape(B * N, 3, 3)
-    pl = plucker_rays(flat_c, flat_k, (h, w)).reshape(B, N, 6, h, w)
-    groups = latent_frame_groups(F, ts).to(c.device)  # (F, ts)
+    pl = plucker_rays(c64.reshape(B * N, 4, 4), k64.reshape(B * N, 3, 3), (h, w)).reshape(B, N, 6, h, w)
+    groups = latent_frame_groups(F, ts, N).to(c.device)  # (F, ts)
     plucker = pl[:, groups].reshape(B, F, ts * 6, h, w)  # channel = slot * 6 + component
 
-    last = groups[:, -1]
-    rays = ray_transforms(c64[:, last].reshape(B * F, 4, 4), k64[:, last].reshape(B * F, 3, 3), (h, w))
-    rays = rays.reshape(B, F, h * w, 4, 4)
-    return CameraCondition(plucker.to(out_dtype), rays.to(out_dtype))
+    frames = torch.arange(F, device=c.device) * ts
+    kf = k64[:, frames]
+    intr = torch.stack([kf[..., 0, 0], kf[..., 1, 1], kf[..., 0, 2], kf[..., 1, 2]], dim=-1)  # (B, F, 4)
+    raymap = torch.cat([c64[:, frames].reshape(B, F, 16), intr], dim=-1)
+    return CameraCondition(raymap.to(out_dtype), plucker.to(out_dtype))

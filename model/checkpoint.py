@@ -29,6 +29,7 @@ __all__ = [
     "SINGLE_FILE",
     "CheckpointMismatchError",
     "LoadReport",
+    "apply_state_dict",
     "atomic_directory",
     "load_into",
     "load_state_dict",
@@ -119,11 +120,12 @@ def _prepare(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def write_state_dict(state_dict: Mapping[str, torch.Tensor], directory: str | Path,
-                     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> list[Path]:
+                     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, stem: str = "model") -> list[Path]:
     """Write ``state_dict`` into an existing ``directory`` (not atomic; see ``save_state_dict``).
 
     Returns the written files. One ``model.safetensors`` when everything fits in ``max_shard_bytes``,
-    otherwise numbered shards plus ``model.safetensors.index.json``.
+    otherwise numbered shards plus ``model.safetensors.index.json``. ``stem`` renames the files
+    (diffusers models use ``diffusion_pytorch_model``).
     """
     from huggingface_hub import split_torch_state_dict_into_shards
     from safetensors.torch import save_file
@@ -132,7 +134,8 @@ def write_state_dict(state_dict: Mapping[str, torch.Tensor], directory: str | Pa
         raise ValueError(f"max_shard_bytes must be > 0, got {max_shard_bytes}")
     directory = Path(directory)
     sd = _prepare(state_dict)
-    split = split_torch_state_dict_into_shards(sd, max_shard_size=max_shard_bytes)
+    pattern = stem + "{suffix}.safetensors"
+    split = split_torch_state_dict_into_shards(sd, filename_pattern=pattern, max_shard_size=max_shard_bytes)
     written = []
     for filename, keys in split.filename_to_tensors.items():
         save_file({k: sd[k] for k in keys}, str(directory / filename), metadata={"format": "pt"})
@@ -140,8 +143,8 @@ def write_state_dict(state_dict: Mapping[str, torch.Tensor], directory: str | Pa
     if split.is_sharded:
         index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in sd.values())},
                  "weight_map": dict(sorted(split.tensor_to_filename.items()))}
-        (directory / INDEX_FILE).write_text(json.dumps(index, indent=2))
-        written.append(directory / INDEX_FILE)
+        (directory / f"{stem}.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        written.append(directory / f"{stem}.safetensors.index.json")
     return written
 
 
@@ -153,10 +156,10 @@ def save_state_dict(state_dict: Mapping[str, torch.Tensor], directory: str | Pat
     return Path(directory)
 
 
-def _checkpoint_files(directory: Path) -> list[Path]:
+def _checkpoint_files(directory: Path, stem: str = "model") -> list[Path]:
     if not directory.is_dir():
         raise FileNotFoundError(f"checkpoint directory {str(directory)!r} does not exist")
-    index = directory / INDEX_FILE
+    index = directory / f"{stem}.safetensors.index.json"
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
@@ -167,18 +170,19 @@ def _checkpoint_files(directory: Path) -> list[Path]:
         if missing:
             raise FileNotFoundError(f"{index} names shard files that do not exist: {missing}")
         return files
-    single = directory / SINGLE_FILE
+    single = directory / f"{stem}.safetensors"
     if single.is_file():
         return [single]
-    raise FileNotFoundError(f"no checkpoint in {str(directory)!r}: expected {SINGLE_FILE} or {INDEX_FILE}")
+    raise FileNotFoundError(f"no checkpoint in {str(directory)!r}: expected {single.name} or {index.name}")
 
 
-def load_state_dict(directory: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def load_state_dict(directory: str | Path, device: str | torch.device = "cpu",
+                    stem: str = "model") -> dict[str, torch.Tensor]:
     """Read a (possibly sharded) safetensors checkpoint directory into a flat state dict on ``device``."""
     from safetensors.torch import load_file
 
     sd: dict[str, torch.Tensor] = {}
-    for f in _checkpoint_files(Path(directory)):
+    for f in _checkpoint_files(Path(directory), stem):
         part = load_file(str(f), device=str(device))
         dup = sorted(set(part) & set(sd))
         if dup:
@@ -197,7 +201,14 @@ def load_into(module: nn.Module, directory: str | Path, strict: bool = True) -> 
     """
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
     load_device = "cpu" if device.type == "meta" else device
-    sd = load_state_dict(directory, device=load_device)
+    return apply_state_dict(module, load_state_dict(directory, device=load_device), strict,
+                            f"checkpoint {str(directory)!r}")
+
+
+def apply_state_dict(module: nn.Module, sd: Mapping[str, torch.Tensor], strict: bool = True,
+                     source: str = "state dict") -> LoadReport:
+    """Load an in-memory state dict into ``module`` with ``load_into``'s checks; ``source`` names it in errors."""
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
     own = module.state_dict()
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
@@ -205,8 +216,7 @@ def load_into(module: nn.Module, directory: str | Path, strict: bool = True) -> 
                   if sd[k].shape != own[k].shape]
     report = LoadReport(missing, unexpected, mismatched)
     if strict and not report.ok:
-        raise CheckpointMismatchError(f"checkpoint {str(directory)!r} does not match "
-                                      f"{type(module).__name__}: {report.describe()}")
+        raise CheckpointMismatchError(f"{source} does not match {type(module).__name__}: {report.describe()}")
     bad = {k for k, _, _ in mismatched}
     keep = {k: v.to(own[k].dtype) for k, v in sd.items() if k in own and k not in bad}
     module.load_state_dict(keep, strict=False, assign=device.type == "meta")

@@ -118,10 +118,12 @@ class ChunkConfig:
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """The hybrid DiT itself (DESIGN.md §2-3). Shapes below use B batch, F latent frames, S tokens/frame.
+    """The hybrid DiT itself (DESIGN.md §2-3), in the released SANA-WM's architecture.
 
-    ``softmax_blocks`` is the hybrid layout as data: indices of blocks that use softmax attention;
-    all others use frame-wise Gated DeltaNet. Both share one parameter layout.
+    Shapes below use B batch, F latent frames, S tokens/frame. ``softmax_blocks`` is the hybrid layout as
+    data: indices of blocks that use softmax attention; all others use frame-wise Gated DeltaNet. Both
+    share one parameter layout. ``model.interop`` maps this config to and from the diffusers
+    ``SanaWMTransformer3DModel`` config (which expresses the layout as "every n-th block").
     """
 
     latent_channels: int = 16
@@ -134,14 +136,15 @@ class NetworkConfig:
     mlp_ratio: float = 3.0
     text_dim: int = 384
     temporal_stride: int = 4  # raw frames per latent frame; Plücker channels = 6 * temporal_stride
-    camera_branch: bool = True  # branch A (UCPE-style relative camera attention)
+    cross_heads: int | None = None  # text cross-attention heads; None = num_heads (the release: 20 = 20)
+    camera_branch: bool = True  # branch A (UCPE camera attention inside every block)
     plucker_branch: bool = True  # branch B (chunk-Plücker rays added after self-attention)
-    short_conv_kernel: int = 4  # causal conv over time on GDN keys
-    temporal_conv_kernel: int = 3  # FFN temporal conv
-    rope_dims: tuple[int, int, int] | None = None  # (t, h, w) split of head_dim; None = auto
+    short_conv_kernel: int = 4  # bidirectional short conv over time on GDN keys
+    temporal_conv_kernel: int = 3  # FFN temporal conv (the release's only size)
     rope_theta: float = 10000.0
-    gdn_eps: float = 1e-6
-    norm_eps: float = 1e-6
+    gdn_eps: float = 1e-8  # GDN normaliser: out = num / (den + eps)
+    qk_norm_eps: float = 1e-5  # self-attention q/k RMSNorms (main and camera) and the text-feature norm
+    norm_eps: float = 1e-6  # cross-attention q/k RMSNorms
     timestep_freq_dim: int = 256
 
     def __post_init__(self) -> None:
@@ -154,17 +157,15 @@ class NetworkConfig:
         _require(not bad, f"NetworkConfig.softmax_blocks has indices outside [0, {self.num_blocks}): {bad}")
         _require(len(set(self.softmax_blocks)) == len(self.softmax_blocks),
                  f"NetworkConfig.softmax_blocks has duplicates: {self.softmax_blocks}")
-        _require(self.head_dim % 4 == 0,
-                 f"NetworkConfig.head_dim must be a multiple of 4 (camera transforms act on 4-d groups), "
-                 f"got {self.head_dim}")
-        _require(self.head_dim % 2 == 0, f"NetworkConfig.head_dim must be even for RoPE, got {self.head_dim}")
-        if self.rope_dims is not None:
-            _require(sum(self.rope_dims) == self.head_dim and all(d % 2 == 0 for d in self.rope_dims),
-                     f"NetworkConfig.rope_dims {self.rope_dims} must be even and sum to head_dim {self.head_dim}")
+        _require(self.head_dim % 8 == 0 and self.head_dim >= 8,
+                 f"NetworkConfig.head_dim must be a multiple of 8 (the camera branch transforms the first half "
+                 f"of each head in 4-d groups and rotates the second half), got {self.head_dim}")
+        _require(self.hidden_dim % self.resolved_cross_heads == 0,
+                 f"NetworkConfig.cross_heads ({self.resolved_cross_heads}) must divide hidden_dim {self.hidden_dim}")
         _require(self.mlp_ratio > 0, f"NetworkConfig.mlp_ratio must be > 0, got {self.mlp_ratio}")
         _require(self.short_conv_kernel >= 1, f"NetworkConfig.short_conv_kernel must be >= 1, got {self.short_conv_kernel}")
-        _require(self.temporal_conv_kernel % 2 == 1,
-                 f"NetworkConfig.temporal_conv_kernel must be odd, got {self.temporal_conv_kernel}")
+        _require(self.temporal_conv_kernel == 3,
+                 f"NetworkConfig.temporal_conv_kernel must be 3 (the release's FFN), got {self.temporal_conv_kernel}")
 
     @property
     def plucker_channels(self) -> int:
@@ -176,12 +177,8 @@ class NetworkConfig:
         return int(self.hidden_dim * self.mlp_ratio)
 
     @property
-    def resolved_rope_dims(self) -> tuple[int, int, int]:
-        """(t, h, w) RoPE split of head_dim: t gets the remainder, h and w equal even shares."""
-        if self.rope_dims is not None:
-            return self.rope_dims
-        hw = (self.head_dim // 3) // 2 * 2
-        return (self.head_dim - 2 * hw, hw, hw)
+    def resolved_cross_heads(self) -> int:
+        return self.cross_heads if self.cross_heads is not None else self.num_heads
 
     def is_softmax_block(self, index: int) -> bool:
         return index in self.softmax_blocks
@@ -194,7 +191,9 @@ class SamplerConfig:
     num_steps: int = 60
     guidance_scale: float = 5.0
     flow_shift: float = 9.8
-    distilled_sigmas: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)  # 4-step student schedule
+    # The released streaming student's 4-step schedule, timesteps 1000, 960, 889, 727 (then 0): the flow-
+    # shift-8 warp of (1, .75, .5, .25), rounded to the integer timesteps the release lists.
+    distilled_sigmas: tuple[float, ...] = (1.0, 0.96, 0.889, 0.727)
 
     def __post_init__(self) -> None:
         _require(self.num_steps >= 1, f"SamplerConfig.num_steps must be >= 1, got {self.num_steps}")

@@ -1,7 +1,11 @@
-"""One hybrid DiT block. The mixer (GDN or softmax) is chosen in ``__init__``; ``forward`` never branches on it.
+"""One hybrid DiT block (release: ``SanaVideoMSCamCtrlBlock``). The mixer (GDN or softmax) is chosen in
+``__init__``; ``forward`` never branches on it.
 
-Order (DESIGN.md §2): adaLN → self-attention (with camera branch A inside) → + Plücker branch B →
-+ cross-attention to text → adaLN → GLU-conv FFN.
+    x += gate_msa · mixer(LN(x)·(1+scale_msa) + shift_msa)         (camera branch A inside the mixer)
+    x += plucker_proj(plucker tokens)                               (camera branch B)
+    x += cross_attn(x, text)
+    x += gate_mlp · ffn(LN(x)·(1+scale_mlp) + shift_mlp)
+The six modulations are the shared adaLN-single output (per latent frame) plus this block's table.
 """
 
 from __future__ import annotations
@@ -13,10 +17,10 @@ import torch
 import torch.nn as nn
 
 from model.config import ChunkConfig, NetworkConfig
-from model.layers.camera_transform import RayFrames
 from model.layers.cross_attention import TextCrossAttention
-from model.layers.ffn import GLUConvFFN
+from model.layers.ffn import GLUMBConvTemp
 from model.layers.self_attention import GDNMixer, GDNState, SoftmaxMixer
+from model.layers.ucpe import RayTransforms
 
 
 @dataclass
@@ -38,15 +42,15 @@ class HybridBlock(nn.Module):
         D = cfg.hidden_dim
         self.index = index
         self.is_softmax = cfg.is_softmax_block(index)
-        self.norm1 = nn.LayerNorm(D, elementwise_affine=False, eps=cfg.norm_eps)
-        self.norm2 = nn.LayerNorm(D, elementwise_affine=False, eps=cfg.norm_eps)
+        self.norm1 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.norm2 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.attn = SoftmaxMixer(cfg, chunks) if self.is_softmax else GDNMixer(cfg, scan_backend)
         self.cross_attn = TextCrossAttention(cfg)
-        self.ffn = GLUConvFFN(cfg)
+        self.mlp = GLUMBConvTemp(cfg)
         self.scale_shift_table = nn.Parameter(torch.randn(6, D) / D ** 0.5)
-        if cfg.plucker_branch:
-            # Branch B: zero-initialised so a fresh branch leaves the base model unchanged.
-            self.plucker_proj = nn.Linear(D, D)
+        self.plucker_proj = nn.Linear(D, D) if cfg.plucker_branch else None
+        if self.plucker_proj is not None:
+            # Zero-initialised (our init): a fresh branch B leaves the base model unchanged.
             nn.init.zeros_(self.plucker_proj.weight)
             nn.init.zeros_(self.plucker_proj.bias)
 
@@ -54,20 +58,21 @@ class HybridBlock(nn.Module):
         return BlockState(mixer=self.attn.empty_state() if self.is_softmax else GDNState())
 
     def forward(self, x: torch.Tensor, t_mod: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
-                rope: tuple[torch.Tensor, torch.Tensor], hw: tuple[int, int], rays: RayFrames | None,
+                rope: torch.Tensor, hw: tuple[int, int], rays: RayTransforms | None,
                 plucker: torch.Tensor | None, mode: str, chunk_lens: list[int] | None,
                 state: BlockState | None = None) -> tuple[torch.Tensor, BlockState | None]:
-        """x (B,F,S,D); t_mod (B,F,6,D); plucker (B,F,S,D) embedded rays or None -> (x, next state)."""
-        mods = (t_mod + self.scale_shift_table).unsqueeze(3)  # (B,F,6,1,D)
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mods.unbind(2)
+        """x (B,F,S,D); t_mod (B,F,6,D); text (B,L,D) embedded; plucker (B,F,S,D) or None -> (x, state)."""
+        B, F_, S, D = x.shape
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = (t_mod + self.scale_shift_table).unsqueeze(3).unbind(2)
         streaming = state is not None
         h = self.norm1(x) * (1 + scale_a) + shift_a
         a, mixer_state = self.attn(h, rope, rays, mode, chunk_lens, state.mixer if streaming else None)
         x = x + gate_a * a
-        if plucker is not None and hasattr(self, "plucker_proj"):
+        if plucker is not None and self.plucker_proj is not None:
             x = x + self.plucker_proj(plucker)
-        x = x + self.cross_attn(x, text, text_mask)
+        x = x + self.cross_attn(x.reshape(B, F_ * S, D), text, text_mask).view(B, F_, S, D)
         h = self.norm2(x) * (1 + scale_m) + shift_m
-        f, tail = self.ffn(h, hw, state.ffn_tail if streaming else None, streaming)
+        conv_lens = None if mode == "bidirectional" else chunk_lens
+        f, tail = self.mlp(h, hw, conv_lens, state.ffn_tail if streaming else None)
         x = x + gate_m * f
         return x, (BlockState(mixer=mixer_state, ffn_tail=tail) if streaming else None)

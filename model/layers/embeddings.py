@@ -1,5 +1,10 @@
-"""Input embeddings and adaLN-single timestep conditioning (per LATENT FRAME, so chunks may sit at
-different noise levels — the basis of diffusion forcing and streaming)."""
+"""Input embeddings: timesteps (adaLN-single, per LATENT FRAME so chunks may sit at different noise
+levels — the basis of diffusion forcing and streaming), text, latent and Plücker patch embeddings.
+
+Names and numerics follow the release: the sinusoidal timestep features are computed in float32
+(diffusers ``Timesteps(256, flip_sin_to_cos=True)``: [cos | sin]), then ``t_embedder`` (linear_1, SiLU,
+linear_2) and the shared ``t_block`` (SiLU, Linear → 6·D) in the model's dtype.
+"""
 
 from __future__ import annotations
 
@@ -10,23 +15,47 @@ import torch.nn as nn
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """t (...,) -> (..., dim) sin/cos features."""
+    """t (...,) timesteps in [0, 1000] -> (..., dim) float32 [cos | sin] features."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[..., None] * freqs
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+    args = t.float()[..., None] * torch.exp(exponent)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-class TimestepEmbedder(nn.Module):
-    """σ (B,F) in [0,1] -> embedding (B,F,D) and the shared adaLN modulation (B,F,6,D)."""
+class TimestepMLP(nn.Module):
+    """Sinusoid (float32) -> Linear -> SiLU -> Linear; keys ``linear_1``, ``linear_2``."""
 
     def __init__(self, hidden: int, freq_dim: int = 256) -> None:
         super().__init__()
         self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
+        self.linear_1 = nn.Linear(freq_dim, hidden)
+        self.linear_2 = nn.Linear(hidden, hidden)
 
-    def forward(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        emb = self.mlp(sinusoidal_embedding(sigma * 1000.0, self.freq_dim).to(self.mlp[0].weight.dtype))
-        mod = self.t_block(emb).unflatten(-1, (6, -1))
-        return emb, mod
+    def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """timesteps (...,) in [0, 1000] -> (..., D)."""
+        f = sinusoidal_embedding(timesteps, self.freq_dim).to(self.linear_1.weight.dtype)
+        return self.linear_2(nn.functional.silu(self.linear_1(f)))
+
+
+class CaptionMLP(nn.Module):
+    """Text features (B,L,Dt) -> (B,L,D): fc1, tanh-GELU, fc2 (release: ``y_embedder.y_proj``)."""
+
+    def __init__(self, text_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(text_dim, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.fc2(nn.functional.gelu(self.fc1(y), approximate="tanh"))
+
+
+class PatchEmbed3D(nn.Module):
+    """(B,C,F,h,w) -> tokens (B,F,h·w,D) through a 1×1×1 ``Conv3d`` under ``proj`` (patch size 1)."""
+
+    def __init__(self, in_channels: int, hidden: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv3d(in_channels, hidden, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, F_, h, w = x.shape
+        return self.proj(x).flatten(3).permute(0, 2, 3, 1).reshape(B, F_, h * w, -1)

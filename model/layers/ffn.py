@@ -1,8 +1,10 @@
-"""FFN of every block: GLU + depthwise 3×3 spatial conv + causal temporal conv (kernel 3), mlp ratio 3.
+"""FFN of every block (release: ``GLUMBConvTemp``): a gated inverted bottleneck over space, then a
+residual dense temporal conv over frames.
 
-The temporal conv is CAUSAL (taps t−2, t−1, t): one network then runs bidirectional, chunk-causal and
-streaming with identical results inside the past context, and streaming carries only the last k−1 frames
-of hidden activations per block (constant memory). Both convs start as identity.
+    h = SiLU(conv1x1(x))  (C -> 2·Hm)  ->  depthwise 3×3 (2·Hm)  ->  value ⊙ SiLU(gate)  ->  conv1x1 (Hm -> C)
+    y = h + t_conv(h)     (taps t-1, t, t+1; mode-aware, see ``temporal_conv``)
+
+Hm = mlp_ratio · C (3 in the paper). Submodule names (``inverted_conv.conv`` …) are the release's.
 """
 
 from __future__ import annotations
@@ -12,34 +14,36 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.config import NetworkConfig
+from model.layers.temporal_conv import ResidualTemporalConv
 
 
-class GLUConvFFN(nn.Module):
+class _Conv(nn.Module):
+    """A 2D conv under the attribute ``conv`` (the checkpoint's key layout)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, groups: int = 1, bias: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, groups=groups, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class GLUMBConvTemp(nn.Module):
     def __init__(self, cfg: NetworkConfig) -> None:
         super().__init__()
-        D, Hm = cfg.hidden_dim, cfg.mlp_hidden_dim
-        self.fc1 = nn.Linear(D, 2 * Hm)
-        self.dw_conv = nn.Conv2d(Hm, Hm, 3, padding=1, groups=Hm)
-        self.t_conv = nn.Parameter(torch.zeros(Hm, cfg.temporal_conv_kernel))
-        self.fc2 = nn.Linear(Hm, D)
-        with torch.no_grad():
-            nn.init.dirac_(self.dw_conv.weight)
-            self.dw_conv.bias.zero_()
-            self.t_conv[:, -1] = 1.0
+        C, Hm = cfg.hidden_dim, cfg.mlp_hidden_dim
+        self.inverted_conv = _Conv(C, 2 * Hm, 1)
+        self.depth_conv = _Conv(2 * Hm, 2 * Hm, 3, groups=2 * Hm)
+        self.point_conv = _Conv(Hm, C, 1, bias=False)
+        self.t_conv = ResidualTemporalConv(C, cfg.temporal_conv_kernel)
 
-    def forward(self, x: torch.Tensor, hw: tuple[int, int], tail: torch.Tensor | None = None,
-                streaming: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (B,F,S,D) -> (out (B,F,S,D), new tail (B,k-1,S,Hm) if streaming)."""
-        B, F_, S, _ = x.shape
-        a, b = self.fc1(x).chunk(2, dim=-1)
-        h = a * F.silu(b)  # (B,F,S,Hm)
-        Hm = h.shape[-1]
-        sp = h.reshape(B * F_, *hw, Hm).permute(0, 3, 1, 2)
-        h = self.dw_conv(sp).permute(0, 2, 3, 1).reshape(B, F_, S, Hm)
-        k = self.t_conv.shape[1]
-        if tail is None:
-            tail = h.new_zeros(B, k - 1, S, Hm)
-        padded = torch.cat([tail, h], dim=1)
-        h = sum(self.t_conv[:, j] * padded[:, j:j + F_] for j in range(k))
-        out = self.fc2(h)
-        return out, (padded[:, padded.shape[1] - (k - 1):] if streaming else None)
+    def forward(self, x: torch.Tensor, hw: tuple[int, int], chunk_lens: list[int] | None = None,
+                tail: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B,F,S,C) -> (y (B,F,S,C), temporal-conv tail (B,1,S,C) for streaming)."""
+        B, F_, S, C = x.shape
+        h = x.reshape(B * F_, *hw, C).permute(0, 3, 1, 2)
+        h = self.depth_conv(F.silu(self.inverted_conv(h)))
+        value, gate = h.chunk(2, dim=1)
+        h = self.point_conv(value * F.silu(gate))
+        h = h.permute(0, 2, 3, 1).reshape(B, F_, S, C)
+        return self.t_conv(h, chunk_lens, tail)

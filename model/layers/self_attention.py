@@ -1,12 +1,13 @@
-"""Self-attention mixers of the hybrid DiT: frame-wise Gated DeltaNet and softmax attention.
+"""Self-attention mixers of the hybrid DiT: frame-wise Gated DeltaNet and softmax attention, each with the
+UCPE camera branch A inside, in the released SANA-WM's parameter layout.
 
-Both share one parameter layout — ``qkv``, ``q_norm``/``k_norm`` (RMSNorm over head_dim), ``gate`` (SiLU
-output gate), ``out_proj`` — plus camera branch A (``cam_qkv``, ``cam_q_norm``/``cam_k_norm``, ``cam_out``,
-zero-initialised). GDN adds only its gates (``beta_proj``, ``gamma_proj``, ``A_log``, ``dt_bias``) and the
-K-only short conv (``k_conv``); a softmax checkpoint therefore loads into a GDN block with just those new
-parameters at their linear-attention initialisation (and vice versa with ``strict=False``).
+Both share one layout — ``qkv`` (no bias), ``q_norm``/``k_norm`` (RMSNorm over the whole hidden width),
+``output_gate`` (SiLU), ``proj``, the GDN gates ``beta_proj``/``gate_proj``/``A_log``/``dt_bias`` and the
+unused ``recall_gate`` buffer, and the camera branch ``{q,k,v}_proj_cam``, ``q_norm_cam``/``k_norm_cam``,
+``out_proj_cam``; GDN blocks add the short convs ``conv_k``/``conv_k_cam``. So one checkpoint loads into
+either kind, and the released ``SanaWMTransformer3DModel`` state dict loads into ours key for key.
 
-Shapes: x (B,F,S,D) tokens of F latent frames with S tokens each; heads H × Dh.
+Shapes: x (B,F,S,D) tokens of F latent frames with S tokens each; heads H × Dh; N = F·S.
 """
 
 from __future__ import annotations
@@ -19,30 +20,46 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.config import ChunkConfig, NetworkConfig
-from model.layers.camera_transform import RayFrames, apply_ray_matrix
-from model.layers.rope import apply_rope
+from model.layers.rope import apply_rope_complex
+from model.layers.temporal_conv import BidirectionalShortConv
+from model.layers.ucpe import RayTransforms, downscale_to_rms, ucpe_transform
 from model.ops.gdn import get_scan_backend
 from model.ops.softmax_attention import ChunkKVCache, attention, chunk_causal_mask
 
-# silu(b) == 1 at this bias: the output gate starts fully open (DESIGN.md §2 init).
+# silu(b) == 1 at this bias: a freshly initialised output gate is fully open (our init; the release
+# trains from its own). Only the init: the forward is the release's.
 _GATE_OPEN_BIAS = 1.2784645
-_BETA_INIT_BIAS = 4.0  # sigmoid(4) ≈ 0.98: β ≈ 1
+
+
+def camera_sdpa_scale(head_dim: int) -> float:
+    """Softmax scale of the softmax camera branch: 1/√(padded head dim).
+
+    The release zero-pads camera heads to a FlashAttention width (32/64/128/256) before
+    ``scaled_dot_product_attention``, whose default scale then uses the PADDED width (1/√128 for Dh=112).
+    The checkpoint was trained with that temperature, so we keep it.
+    """
+    if head_dim in (32, 64, 128, 256) or head_dim >= 256:
+        return head_dim ** -0.5
+    return (128 if head_dim <= 128 else 256) ** -0.5
 
 
 @dataclass
 class GDNState:
-    """Carried between streaming chunks: delta-rule states and the short-conv tail of raw keys.
+    """Carried between streaming chunks: delta-rule states and the short-conv tails of pre-conv keys.
 
-    num (B,2H,D,D) numerator states (main | camera), den (B,2H,D,1) normaliser states,
-    conv (B,K-1,S,D_model) the last K-1 frames of pre-conv keys. None = zeros (start of video).
+    num/cam (B,H,Dh,Dh) numerator states of the main and camera paths, den (B,H,Dh,1) normaliser,
+    k_tail/cam_k_tail (B,K-1,S,D). None = zeros (start of video).
     """
 
     num: torch.Tensor | None = None
     den: torch.Tensor | None = None
-    conv: torch.Tensor | None = None
+    cam: torch.Tensor | None = None
+    k_tail: torch.Tensor | None = None
+    cam_k_tail: torch.Tensor | None = None
 
     def num_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.num, self.den, self.conv) if t is not None)
+        return sum(t.numel() * t.element_size() for t in
+                   (self.num, self.den, self.cam, self.k_tail, self.cam_k_tail) if t is not None)
 
 
 @dataclass
@@ -57,27 +74,36 @@ class SoftmaxState:
 
 
 class _SharedLayout(nn.Module):
-    """Parameters common to both mixers, and the camera branch A."""
+    """Parameters common to both mixers (see the module docstring) and their shared helpers."""
 
     def __init__(self, cfg: NetworkConfig) -> None:
         super().__init__()
-        D, H, Dh = cfg.hidden_dim, cfg.num_heads, cfg.head_dim
-        self.cfg, self.H, self.Dh = cfg, H, Dh
-        self.qkv = nn.Linear(D, 3 * D)
-        self.q_norm = nn.RMSNorm(Dh, eps=cfg.norm_eps)
-        self.k_norm = nn.RMSNorm(Dh, eps=cfg.norm_eps)
-        self.gate = nn.Linear(D, D)
-        self.out_proj = nn.Linear(D, D)
-        nn.init.zeros_(self.gate.weight)
-        nn.init.constant_(self.gate.bias, _GATE_OPEN_BIAS)
-        if cfg.camera_branch:
-            self.cam_qkv = nn.Linear(D, 3 * D)
-            self.cam_q_norm = nn.RMSNorm(Dh, eps=cfg.norm_eps)
-            self.cam_k_norm = nn.RMSNorm(Dh, eps=cfg.norm_eps)
-            self.cam_out = nn.Linear(D, D)
-            # Zero-initialised: a fresh camera branch leaves the base model's output unchanged.
-            nn.init.zeros_(self.cam_out.weight)
-            nn.init.zeros_(self.cam_out.bias)
+        D, H = cfg.hidden_dim, cfg.num_heads
+        self.cfg, self.H, self.Dh = cfg, H, cfg.head_dim
+        self.qkv = nn.Linear(D, 3 * D, bias=False)
+        self.proj = nn.Linear(D, D)
+        self.q_norm = nn.RMSNorm(D, eps=cfg.qk_norm_eps)
+        self.k_norm = nn.RMSNorm(D, eps=cfg.qk_norm_eps)
+        self.beta_proj = nn.Linear(D, H)
+        self.gate_proj = nn.Linear(D, H)
+        # Mamba-style decay init, as the release: A ~ U(0, 16), dt ~ logU(1e-3, 0.1), dt_bias = softplus⁻¹(dt).
+        self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(0, 16)))
+        dt = torch.exp(torch.rand(H) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp_min(1e-4)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        # Unused by the forward; the released checkpoint carries it, so strict loading needs it.
+        self.register_buffer("recall_gate", torch.zeros(1))
+        self.output_gate = nn.Linear(D, D)
+        nn.init.zeros_(self.output_gate.weight)
+        nn.init.constant_(self.output_gate.bias, _GATE_OPEN_BIAS)
+        self.q_proj_cam = nn.Linear(D, D)
+        self.k_proj_cam = nn.Linear(D, D)
+        self.v_proj_cam = nn.Linear(D, D)
+        self.out_proj_cam = nn.Linear(D, D)
+        # Zero-initialised (our init): a fresh camera branch leaves the base model's output unchanged.
+        nn.init.zeros_(self.out_proj_cam.weight)
+        nn.init.zeros_(self.out_proj_cam.bias)
+        self.q_norm_cam = nn.RMSNorm(D, eps=cfg.qk_norm_eps)
+        self.k_norm_cam = nn.RMSNorm(D, eps=cfg.qk_norm_eps)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         """(B,F,S,D) -> (B,H,F,S,Dh)."""
@@ -89,151 +115,144 @@ class _SharedLayout(nn.Module):
         B, H, F_, S, Dh = t.shape
         return t.permute(0, 2, 3, 1, 4).reshape(B, F_, S, H * Dh)
 
+    @staticmethod
+    def _flat(t: torch.Tensor) -> torch.Tensor:
+        """(B,H,F,S,Dh) -> (B,H,F·S,Dh)."""
+        return t.flatten(2, 3)
+
+    def _to_ray_space(self, q, k, v, rays: RayTransforms):
+        """UCPE-encode camera q (by Pᵀ), k and v (by P⁻¹), each scaled back under its own RMS. (B,H,F,S,Dh)."""
+        shape = q.shape
+        qf, kf, vf = self._flat(q), self._flat(k), self._flat(v)
+        qu = ucpe_transform(qf, rays.P.transpose(-1, -2), rays.rope)
+        ku = ucpe_transform(kf, rays.P_inv, rays.rope)
+        vu = ucpe_transform(vf, rays.P_inv, rays.rope)
+        return tuple(downscale_to_rms(r, t).view(shape) for r, t in ((qf, qu), (kf, ku), (vf, vu)))
+
+    def _from_ray_space(self, o: torch.Tensor, rays: RayTransforms) -> torch.Tensor:
+        return ucpe_transform(self._flat(o), rays.P, rays.rope, inverse_rope=True).view(o.shape)
+
     def _output(self, x: torch.Tensor, main: torch.Tensor, cam: torch.Tensor | None) -> torch.Tensor:
-        g = F.silu(self.gate(x))
-        out = self.out_proj(self._merge(main) * g)
+        out = self._merge(main)
         if cam is not None:
-            out = out + self.cam_out(self._merge(cam) * g)
-        return out
+            out = out + self.out_proj_cam(self._merge(cam))
+        return self.proj(out * F.silu(self.output_gate(x)))
 
 
 class GDNMixer(_SharedLayout):
-    """Frame-wise Gated DeltaNet (DESIGN.md §2) with camera branch A sharing β and γ.
+    """Frame-wise Gated DeltaNet (DESIGN.md §2) with the camera branch sharing β and γ.
 
-    Numerator stream: RoPE-rotated q/k (rotation is orthogonal, so the rotated keys keep the erase term's
-    spectral bound); the erase term uses the same rotated keys it writes with — our documented choice for the
-    detail the paper leaves open. Normaliser stream: unrotated keys with values ≡ 1. Camera stream: keys and
-    values moved into each ray's frame (UCPE); a rigid transform with translation does change key norms, so
-    the transformed keys are RMS-renormalised before the 1/√(D·S) scale to keep ‖Kᵀ diag β K‖ ≤ 1.
+    Main path: q, k = ReLU(RMSNorm(·)), keys scaled by 1/√(Dh·S) so ‖Kᵀdiag(β)K‖ ≤ 1; numerator stream on
+    RoPE-rotated q/k (the erase term uses the rotated keys it writes with), normaliser stream on unrotated
+    keys with values ≡ 1; out = num / (den + ε). Camera path: the same scan on UCPE-encoded q/k/v, no
+    normaliser, β divided by the frame's mean key-energy inflation from the transform (≥ 1) so the erase
+    term stays bounded. Scans run in at least float32 (the release forces fp32 for recurrent stability).
     """
 
     def __init__(self, cfg: NetworkConfig, scan_backend: str = "torch") -> None:
         super().__init__(cfg)
-        D, H = cfg.hidden_dim, cfg.num_heads
-        self.beta_proj = nn.Linear(D, H)
-        self.gamma_proj = nn.Linear(D, H)
-        nn.init.normal_(self.beta_proj.weight, std=1e-3)
-        nn.init.constant_(self.beta_proj.bias, _BETA_INIT_BIAS)
-        nn.init.normal_(self.gamma_proj.weight, std=1e-3)
-        nn.init.zeros_(self.gamma_proj.bias)
-        # γ = exp(−exp(A_log)·softplus(·+dt_bias)) ≈ exp(−0.01·0.69) ≈ 0.993 at init: almost no decay.
-        self.A_log = nn.Parameter(torch.full((H,), math.log(0.01)))
-        self.dt_bias = nn.Parameter(torch.zeros(H))
-        # Causal depthwise conv along time on K only; identity at init (last tap = 1).
-        self.k_conv = nn.Parameter(torch.zeros(D, cfg.short_conv_kernel))
-        with torch.no_grad():
-            self.k_conv[:, -1] = 1.0
+        self.conv_k = BidirectionalShortConv(cfg.hidden_dim, cfg.short_conv_kernel)
+        self.conv_k_cam = BidirectionalShortConv(cfg.hidden_dim, cfg.short_conv_kernel)
         self.scan = get_scan_backend(scan_backend)
 
-    def _short_conv(self, k: torch.Tensor, tail: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Causal conv over frames. k (B,F,S,D), tail (B,K-1,S,D)|None -> (k_conv, new tail)."""
-        Kk = self.k_conv.shape[1]
-        if tail is None:
-            tail = k.new_zeros(k.shape[0], Kk - 1, *k.shape[2:])
-        padded = torch.cat([tail, k], dim=1)
-        F_ = k.shape[1]
-        out = sum(self.k_conv[:, j] * padded[:, j:j + F_] for j in range(Kk))
-        return out, padded[:, padded.shape[1] - (Kk - 1):]
+    def _qk(self, x_q, x_k, norm_q, norm_k):
+        return F.relu(norm_q(x_q)), F.relu(norm_k(x_k))
 
-    def _scale(self, S: int) -> float:
-        return 1.0 / math.sqrt(self.Dh * S)
-
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], rays: RayFrames | None,
-                mode: str, chunk_lens: list[int] | None, state: GDNState | None = None,
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, rays: RayTransforms | None, mode: str,
+                chunk_lens: list[int] | None, state: GDNState | None = None,
                 ) -> tuple[torch.Tensor, GDNState | None]:
-        """x (B,F,S,D) -> (out (B,F,S,D), next state if streaming else None)."""
+        """x (B,F,S,D); rope (N, Dh/2) complex -> (out (B,F,S,D), next state if streaming else None)."""
         B, F_, S, D = x.shape
         streaming = state is not None
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        k, conv_tail = self._short_conv(k, state.conv if streaming else None)
-        q = self.q_norm(F.relu(self._heads(q)))
-        k = self.k_norm(F.relu(self._heads(k))) * self._scale(S)
-        v = self._heads(v)
-        beta = torch.sigmoid(self.beta_proj(x)).permute(0, 3, 1, 2)  # (B,H,F,S)
-        dt = F.softplus(self.gamma_proj(x.mean(dim=2)) + self.dt_bias)  # (B,F,H)
-        gamma = torch.exp(-torch.exp(self.A_log) * dt).permute(0, 2, 1)  # (B,H,F)
+        conv_lens = None if mode == "bidirectional" else chunk_lens
+        work = torch.promote_types(x.dtype, torch.float32)
+        scale = (self.Dh * S) ** -0.5
 
-        cos, sin = rope
-        q_num, k_num, v_num, q_den, k_den = [apply_rope(q, cos, sin)], [apply_rope(k, cos, sin)], [v], [q], [k]
-        use_cam = rays is not None and self.cfg.camera_branch
-        if use_cam:
-            cq, ck, cv = self.cam_qkv(x).chunk(3, dim=-1)
-            cq = self.cam_q_norm(F.relu(self._heads(cq)))
-            ck = self.cam_k_norm(F.relu(self._heads(ck)))
-            ck_t = apply_ray_matrix(ck, rays.T)
-            ck_t = ck_t * torch.rsqrt(ck_t.pow(2).mean(-1, keepdim=True) + self.cfg.norm_eps) * self._scale(S)
-            q_num.append(apply_ray_matrix(cq, rays.T_inv_t))
-            k_num.append(ck_t)
-            v_num.append(apply_ray_matrix(self._heads(cv), rays.T))
-            q_den.append(cq)
-            k_den.append(ck * self._scale(S))
-        n = len(q_num)
-        cat = lambda ts: torch.cat(ts, dim=1)  # noqa: E731  (streams side by side as extra heads)
-        beta_n, gamma_n = beta.repeat(1, n, 1, 1), gamma.repeat(1, n, 1)
-        num, num_state = self.scan(cat(q_num), cat(k_num), cat(v_num), beta_n, gamma_n, mode=mode,
-                                   chunk_lens=chunk_lens, initial_state=state.num if streaming else None)
-        ones = v.new_ones(B, self.H * n, F_, S, 1)
-        den, den_state = self.scan(cat(q_den), cat(k_den), ones, beta_n, gamma_n, mode=mode,
-                                   chunk_lens=chunk_lens, initial_state=state.den if streaming else None)
-        # Normaliser clamp: q, k ≥ 0 keep qᵀz ≥ 0 at init; the clamp guards the rare negative drift.
-        o = num / den.clamp_min(self.cfg.gdn_eps)
-        main = o[:, :self.H]
-        cam = apply_ray_matrix(o[:, self.H:], rays.T_inv) if use_cam else None
+        beta = torch.sigmoid(self.beta_proj(x)).permute(0, 3, 1, 2).to(work)  # (B,H,F,S)
+        rate = torch.exp(self.A_log.to(work))
+        decay = torch.exp(-rate * F.softplus(self.gate_proj(x.mean(dim=2)).to(work) + self.dt_bias.to(work)))
+        decay = decay.permute(0, 2, 1)  # (B,H,F)
+
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        k, k_tail = self.conv_k(k, conv_lens, state.k_tail if streaming else None)
+        q, k = self._qk(q, k, self.q_norm, self.k_norm)
+        q, k, v = self._heads(q), self._heads(k) * scale, self._heads(v)
+        q_rot = apply_rope_complex(self._flat(q), rope).view(q.shape)
+        k_rot = apply_rope_complex(self._flat(k), rope).view(k.shape)
+        kw = dict(mode=mode, chunk_lens=chunk_lens)
+        num, num_s = self.scan(q_rot.to(work), k_rot.to(work), v.to(work), beta, decay,
+                               initial_state=state.num if streaming else None, **kw)
+        ones = v.new_ones(B, self.H, F_, S, 1, dtype=work)
+        den, den_s = self.scan(q.to(work), k.to(work), ones, beta, decay,
+                               initial_state=state.den if streaming else None, **kw)
+        main = (num / (den + self.cfg.gdn_eps)).to(x.dtype)
+
+        cam, cam_s, cam_k_tail = None, None, None
+        if rays is not None:
+            qc, kc, vc = self.q_proj_cam(x), self.k_proj_cam(x), self.v_proj_cam(x)
+            kc, cam_k_tail = self.conv_k_cam(kc, conv_lens, state.cam_k_tail if streaming else None)
+            qc, kc = self._qk(qc, kc, self.q_norm_cam, self.k_norm_cam)
+            qc, kc, vc = self._heads(qc), self._heads(kc) * scale, self._heads(vc)
+            pre = kc.norm(dim=-1).clamp_min(1e-6)
+            qu, ku, vu = self._to_ray_space(qc, kc, vc, rays)
+            inflation = (ku.norm(dim=-1).clamp_min(1e-6) / pre).square().mean(dim=-1)  # (B,H,F)
+            beta_cam = beta / inflation.to(work).clamp_min(1.0).unsqueeze(-1)
+            o, cam_s = self.scan(qu.to(work), ku.to(work), vu.to(work), beta_cam, decay,
+                                 initial_state=state.cam if streaming else None, **kw)
+            cam = self._from_ray_space(o.to(x.dtype), rays)
         out = self._output(x, main, cam)
         if not streaming:
             return out, None
-        return out, GDNState(num=num_state, den=den_state, conv=conv_tail)
+        return out, GDNState(num=num_s, den=den_s, cam=cam_s if cam_s is not None else state.cam,
+                             k_tail=k_tail, cam_k_tail=cam_k_tail if cam_k_tail is not None else state.cam_k_tail)
 
 
 class SoftmaxMixer(_SharedLayout):
-    """Softmax attention: full 3D (bidirectional), chunk-causal mask, or streaming with a bounded K/V cache.
+    """Softmax attention (main: RMS-normed q/k with 3D RoPE; camera: UCPE-encoded, padded-width scale).
 
-    Chunk-causal visibility is sink + ``kv_recent_chunks`` earlier chunks + the own chunk, in training as in
-    streaming, so a model never sees more context in training than it gets when deployed.
+    Bidirectional = full attention; chunk-causal = full inside a chunk plus the sink and
+    ``kv_recent_chunks`` earlier chunks, in training as in streaming, so a model never sees more context
+    in training than it gets when deployed; streaming keeps exactly those chunks' K/V.
     """
 
     def __init__(self, cfg: NetworkConfig, chunks: ChunkConfig | None = None) -> None:
         super().__init__(cfg)
         self.chunks = chunks or ChunkConfig()
+        self.cam_scale = camera_sdpa_scale(cfg.head_dim)
 
-    def _attend(self, q, k, v, mode, chunk_lens, S, cache: ChunkKVCache | None):
+    def _attend(self, q, k, v, mode, chunk_lens, cache: ChunkKVCache | None, scale: float | None):
         """q/k/v (B,H,F,S,Dh) -> (out (B,H,F,S,Dh), new cache or None)."""
-        B, H, F_, _, Dh = q.shape
+        B, H, F_, S, Dh = q.shape
         qf, kf, vf = (t.reshape(B, H, F_ * S, Dh) for t in (q, k, v))
         if cache is not None:
             past = cache.keys_values()
             keys = kf if past is None else torch.cat([past[0], kf], dim=2)
             vals = vf if past is None else torch.cat([past[1], vf], dim=2)
-            out = attention(qf, keys, vals)
-            new_cache = cache.append(kf, vf)
-        else:
-            mask = None
-            if mode == "chunk_causal":
-                mask = chunk_causal_mask(chunk_lens, S, sink_chunks=self.chunks.kv_sink_chunks,
-                                         recent_chunks=self.chunks.kv_recent_chunks, device=q.device)
-            out = attention(qf, kf, vf, mask)
-            new_cache = None
-        return out.view(B, H, F_, S, Dh), new_cache
+            return attention(qf, keys, vals, scale=scale).view(B, H, F_, S, Dh), cache.append(kf, vf)
+        mask = None
+        if mode == "chunk_causal":
+            mask = chunk_causal_mask(chunk_lens, S, sink_chunks=self.chunks.kv_sink_chunks,
+                                     recent_chunks=self.chunks.kv_recent_chunks, device=q.device)
+        return attention(qf, kf, vf, mask, scale=scale).view(B, H, F_, S, Dh), None
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], rays: RayFrames | None,
-                mode: str, chunk_lens: list[int] | None, state: SoftmaxState | None = None,
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, rays: RayTransforms | None, mode: str,
+                chunk_lens: list[int] | None, state: SoftmaxState | None = None,
                 ) -> tuple[torch.Tensor, SoftmaxState | None]:
-        """x (B,F,S,D) -> (out (B,F,S,D), next state if streaming else None)."""
-        S = x.shape[2]
+        """x (B,F,S,D); rope (N, Dh/2) complex -> (out (B,F,S,D), next state if streaming else None)."""
         streaming = state is not None
         q, k, v = self.qkv(x).chunk(3, dim=-1)
-        cos, sin = rope
-        q = apply_rope(self.q_norm(self._heads(q)), cos, sin)
-        k = apply_rope(self.k_norm(self._heads(k)), cos, sin)
-        main, kv = self._attend(q, k, self._heads(v), mode, chunk_lens, S, state.kv if streaming else None)
+        q, k, v = self._heads(self.q_norm(q)), self._heads(self.k_norm(k)), self._heads(v)
+        q = apply_rope_complex(self._flat(q), rope).view(q.shape)
+        k = apply_rope_complex(self._flat(k), rope).view(k.shape)
+        main, kv = self._attend(q, k, v, mode, chunk_lens, state.kv if streaming else None, None)
         cam, cam_kv = None, None
-        if rays is not None and self.cfg.camera_branch:
-            cq, ck, cv = self.cam_qkv(x).chunk(3, dim=-1)
-            cq = apply_ray_matrix(self.cam_q_norm(self._heads(cq)), rays.T_inv_t)
-            ck = apply_ray_matrix(self.cam_k_norm(self._heads(ck)), rays.T)
-            cv = apply_ray_matrix(self._heads(cv), rays.T)
-            cam, cam_kv = self._attend(cq, ck, cv, mode, chunk_lens, S, state.cam_kv if streaming else None)
-            cam = apply_ray_matrix(cam, rays.T_inv)
+        if rays is not None:
+            qc = self._heads(self.q_norm_cam(self.q_proj_cam(x)))
+            kc = self._heads(self.k_norm_cam(self.k_proj_cam(x)))
+            qu, ku, vu = self._to_ray_space(qc, kc, self._heads(self.v_proj_cam(x)), rays)
+            o, cam_kv = self._attend(qu, ku, vu, mode, chunk_lens, state.cam_kv if streaming else None,
+                                     self.cam_scale)
+            cam = self._from_ray_space(o, rays)
         out = self._output(x, main, cam)
         if not streaming:
             return out, None

@@ -38,9 +38,11 @@ def chunk_causal_mask(chunk_lens: list[int], tokens_per_frame: int, *, sink_chun
     return allowed.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Multi-head softmax attention. q (B,H,Lq,D), k/v (B,H,Lk,D), mask (Lq,Lk) bool or None -> (B,H,Lq,D)."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+              scale: float | None = None) -> torch.Tensor:
+    """Multi-head softmax attention. q (B,H,Lq,D), k/v (B,H,Lk,D), mask (Lq,Lk) or (B,1,1,Lk) bool or None,
+    scale None = 1/√D -> (B,H,Lq,D)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
 @dataclass
