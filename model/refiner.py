@@ -91,7 +91,7 @@ def _select(camera: Any, idx: torch.Tensor) -> Any:
     """Camera condition for latent frames ``idx`` (any order, possibly non-contiguous)."""
     if camera is None:
         return None
-    return type(camera)(camera.plucker[:, idx], camera.rays[:, idx])
+    return camera.select_frames(idx)
 
 
 class LongVideoRefiner(nn.Module):

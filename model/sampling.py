@@ -15,7 +15,7 @@ Samplers (DESIGN.md §4), all conditioned on a clean image latent as latent fram
   * ``sample_few_step`` - the distilled student: chunk-causal streaming with a short sigma list.
 
 CFG batches the conditional and unconditional passes in one forward (batch 2B); "unconditional" is the
-same text with an all-False mask (the network substitutes its learned null token). Noise is drawn per
+same text with an all-False mask (the network's cross-attention then adds nothing: no text). Noise is drawn per
 chunk, in chunk order, from the caller's ``torch.Generator`` on the CPU, so every sampler sees the same
 noise for the same seed whatever the device, and streaming and reference rollouts are comparable.
 """
@@ -140,7 +140,7 @@ class Conditioning:
 def _cat_camera(camera: Any) -> Any:
     if camera is None:
         return None
-    return type(camera)(torch.cat([camera.plucker, camera.plucker]), torch.cat([camera.rays, camera.rays]))
+    return type(camera).cat([camera, camera])
 
 
 def _use_cfg(guidance_scale: float, always_batch: bool = False) -> bool:

@@ -35,7 +35,7 @@ class ClipConditions:
     def select(self, idx: list[int]) -> ClipConditions:
         """Sub-batch ``idx``."""
         cam = self.cond.camera
-        cam = None if cam is None else type(cam)(cam.plucker[idx], cam.rays[idx])
+        cam = None if cam is None else cam.select_batch(idx)
         return ClipConditions(self.cond_latent[idx], Conditioning(self.cond.text[idx], self.cond.text_mask[idx], cam),
                               self.num_frames, self.chunk_lens)
 

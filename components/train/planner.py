@@ -107,8 +107,7 @@ def _saved_bytes_per_block(cfg: WorldModelConfig, frames: int) -> dict[int, floa
         sigma = torch.empty(1, frames)
         text = torch.empty(1, 8, cfg.network.text_dim, dtype=torch.bfloat16)
         mask = torch.ones(1, 8, dtype=torch.bool)
-        cam = CameraCondition(torch.empty(1, frames, cfg.network.plucker_channels, h, w),
-                              torch.empty(1, frames, S, 4, 4))
+        cam = CameraCondition(torch.empty(1, frames, 20), torch.empty(1, frames, cfg.network.plucker_channels, h, w))
     per_block: dict[int, float] = {}
     current = [-1]
 

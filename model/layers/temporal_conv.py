@@ -51,13 +51,17 @@ class BidirectionalShortConv(nn.Module):
     """Depthwise temporal conv run as a causal kernel forwards and backwards (release: ``conv_k``).
 
     y[t] = Σ_{m=0}^{K-1} w[K-1-m] (x[t-m] + x[t+m]) - w[K-1] x[t]: the centre tap counted once.
-    ``weight`` (C, 1, K) is the release's parameter layout. Zero-initialised in the release.
+    ``weight`` (C, 1, K) is the release's parameter layout. The release initialises it to zero, which
+    zeroes every GDN key (and so the whole attention) until training moves it; we start from the
+    identity (centre tap 1) so a network trained from scratch attends from its first step.
     """
 
     def __init__(self, channels: int, kernel_size: int) -> None:
         super().__init__()
         self.kernel_size = kernel_size
         self.weight = nn.Parameter(torch.zeros(channels, 1, kernel_size))
+        with torch.no_grad():
+            self.weight[:, 0, -1] = 1.0
 
     def forward(self, x: torch.Tensor, chunk_lens: list[int] | None = None, tail: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor]:

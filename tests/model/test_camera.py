@@ -1,4 +1,4 @@
-"""Camera geometry: validation, relative poses, Plücker rays, per-ray transforms, CameraCondition."""
+"""Camera geometry: validation, relative poses, Plücker rays, CameraCondition (= the release's prepare_camera)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from model.camera import (
     look_at,
     plucker_rays,
     ray_directions,
-    ray_transforms,
     relative_to_first,
     rescale_intrinsics,
     rotation_angle,
@@ -156,7 +155,7 @@ def test_rescale_intrinsics_pixel_corner_convention():
     assert rescale_intrinsics(K5, (5, 5), (25, 15))[:2, 2].tolist() == [7.5, 12.5]
 
 
-def test_plucker_unit_directions_orthogonal_moments_and_centre_ray():
+def test_plucker_unit_directions_orthogonal_moments_and_grid_ray():
     c2w = random_poses(3, seed=4)
     p = plucker_rays(c2w, K5.expand(3, 3, 3), (5, 5))
     assert p.shape == (3, 6, 5, 5) and p.dtype == torch.float64
@@ -166,15 +165,17 @@ def test_plucker_unit_directions_orthogonal_moments_and_centre_ray():
     # moment = o x d for the known camera centre
     o = c2w[:, :3, 3][:, :, None, None].expand_as(d)
     torch.testing.assert_close(m, torch.linalg.cross(o, d, dim=1))
-    # identity pose: centre pixel looks down +Z with zero moment; top-left pixel looks up-left
-    p0 = plucker_rays(torch.eye(4)[None], K5[None].float(), (5, 5))
+    # identity pose, principal point on grid point (2, 2): that ray looks down +Z with zero moment
+    Kc = K5.clone()
+    Kc[:2, 2] = 2.0
+    p0 = plucker_rays(torch.eye(4)[None], Kc[None].float(), (5, 5))
     assert p0.dtype == torch.float32
     torch.testing.assert_close(p0[0, :, 2, 2], torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 0.0]))
     assert p0[0, 0, 0, 0] < 0 and p0[0, 1, 0, 0] < 0
 
 
 def test_plucker_direction_matches_projection():
-    """Projecting a point along a pixel's world ray lands back on that pixel centre."""
+    """Projecting a point along a grid point's world ray lands back on that grid point (u, v) = (j, i)."""
     c2w = random_poses(1, seed=5)
     K = torch.tensor([[[7.0, 0.3, 2.2], [0.0, 6.0, 1.7], [0.0, 0.0, 1.0]]], dtype=torch.float64)
     p = plucker_rays(c2w, K, (4, 6))
@@ -182,36 +183,7 @@ def test_plucker_direction_matches_projection():
     X = c2w[0, :3, 3] + 2.5 * p[0, :3, i, j]
     Xc = se3_inverse(c2w[0])[:3, :3] @ X + se3_inverse(c2w[0])[:3, 3]
     uv = (K[0] @ Xc)[:2] / Xc[2]
-    torch.testing.assert_close(uv, torch.tensor([j + 0.5, i + 0.5], dtype=torch.float64))
-
-
-# --- ray transforms --------------------------------------------------------------------------------
-
-def test_ray_transforms_are_rigid_with_z_column_equal_world_ray():
-    c2w = random_poses(2, seed=6)
-    K = K5.expand(2, 3, 3)
-    T = ray_transforms(c2w, K, (5, 5))
-    assert T.shape == (2, 25, 4, 4)
-    R = T[..., :3, :3]
-    torch.testing.assert_close(R.transpose(-1, -2) @ R, torch.eye(3, dtype=torch.float64).expand(2, 25, 3, 3))
-    torch.testing.assert_close(torch.linalg.det(R), torch.ones(2, 25, dtype=torch.float64))
-    torch.testing.assert_close(T[..., 3, :], torch.tensor([0.0, 0, 0, 1], dtype=torch.float64).expand(2, 25, 4))
-    torch.testing.assert_close(T[..., :3, 3], c2w[:, None, :3, 3].expand(2, 25, 3))
-    d_world = plucker_rays(c2w, K, (5, 5))[:, :3].flatten(2).transpose(1, 2)  # row-major (h, w) tokens
-    torch.testing.assert_close(T[..., :3, 2], d_world)
-    # principal ray of each frame: R_ray = I, so T equals the pose itself
-    torch.testing.assert_close(T[:, 12], c2w)
-
-
-def test_ucpe_relative_transform_invariant_to_global_rigid_motion():
-    c2w = random_poses(3, seed=7)
-    K = K5.expand(3, 3, 3)
-    G = random_poses(1, seed=8)[0]
-    T = ray_transforms(c2w, K, (5, 5)).flatten(0, 1)
-    Tg = ray_transforms(G @ c2w, K, (5, 5)).flatten(0, 1)
-    rel = se3_inverse(T)[:, None] @ T[None]  # all pairs i, j over frames x tokens
-    rel_g = se3_inverse(Tg)[:, None] @ Tg[None]
-    torch.testing.assert_close(rel_g, rel, atol=1e-9, rtol=0)
+    torch.testing.assert_close(uv, torch.tensor([float(j), float(i)], dtype=torch.float64))
 
 
 def test_ray_directions_with_skew_are_unit():
@@ -225,8 +197,30 @@ def test_ray_directions_with_skew_are_unit():
 # --- camera_condition ------------------------------------------------------------------------------
 
 def test_latent_frame_groups_rule():
-    assert latent_frame_groups(3, 4).tolist() == [[0, 0, 0, 0], [1, 2, 3, 4], [5, 6, 7, 8]]
+    # the release's prepare_camera: latent 0 takes raw frames 0..ts-1, latent f >= 1 takes ts*f-ts+1 .. ts*f
+    assert latent_frame_groups(3, 4).tolist() == [[0, 1, 2, 3], [1, 2, 3, 4], [5, 6, 7, 8]]
     assert latent_frame_groups(2, 1).tolist() == [[0], [1]]
+    assert latent_frame_groups(1, 4, num_raw_frames=2).tolist() == [[0, 1, 1, 1]]  # repeats the last frame
+
+
+def test_camera_condition_equals_release_prepare_camera():
+    """Our trajectory -> camera tensors path gives the same raymap and chunk Plücker as diffusers' SANA-WM."""
+    from diffusers.pipelines.sana_wm.cam_utils import prepare_camera
+
+    ts, F = 4, 4
+    N = 1 + ts * (F - 1)
+    g = torch.Generator().manual_seed(3)
+    c2w = random_poses(N, seed=21) @ random_poses(1, seed=22)  # a moving camera in an arbitrary world frame
+    K = torch.tensor([[41.0, 0.0, 47.0], [0.0, 39.0, 30.5], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    K = K.expand(N, 3, 3).clone()
+    K[:, 0, 0] += torch.rand(N, generator=g, dtype=torch.float64)  # per-frame focal changes too
+    ref = prepare_camera(c2w.float().numpy(), torch.stack([K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2]],
+                                                           -1).float().numpy(),
+                         target_size=(64, 96), vae_stride=(ts, 8, 8))
+    cond = camera_condition(c2w[None], K[None], (64, 96), (8, 12), ts)
+    raymap, chunk_plucker = cond.diffusers_inputs()
+    torch.testing.assert_close(raymap[0].float(), ref["raymap"], atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(chunk_plucker[0].float(), ref["chunk_plucker"], atol=2e-5, rtol=2e-5)
 
 
 def test_camera_condition_shapes_and_exact_grouping():
@@ -238,28 +232,26 @@ def test_camera_condition_shapes_and_exact_grouping():
     K = K_img.expand(2, N, 3, 3).float()
     cond = camera_condition(c2w, K, image_hw=(10, 10), latent_hw=(5, 5), temporal_stride=ts)
     assert isinstance(cond, CameraCondition)
-    assert cond.plucker.shape == (2, F, 6 * ts, 5, 5) and cond.rays.shape == (2, F, 25, 4, 4)
+    assert cond.plucker.shape == (2, F, 6 * ts, 5, 5) and cond.raymap.shape == (2, F, 20)
     assert cond.plucker.dtype == torch.float32 and cond.num_frames == F and cond.temporal_stride == ts
 
-    # After relative_to_first, raw frame k of item 0 sits at x = k. The centre pixel ray is +Z, so its
-    # moment (k, 0, 0) x (0, 0, 1) = (0, -k, 0): channel slot*6 + 4 reads -k for the raw frame in that slot.
+    # After relative_to_first, raw frame k of item 0 sits at x = k. The moment o x d of any ray has
+    # y-component -k * d_z: channel slot*6 + 4 over d_z reads -k for the raw frame in that slot.
     centre = cond.plucker[0, :, :, 2, 2].reshape(F, ts, 6)
-    expected_raw = torch.tensor([[0, 0, 0, 0], [1, 2, 3, 4], [5, 6, 7, 8]], dtype=torch.float32)
-    torch.testing.assert_close(centre[..., 4], -expected_raw)
-    torch.testing.assert_close(centre[..., :3], torch.tensor([0.0, 0, 1]).expand(F, ts, 3))
-    # rays come from the LAST raw frame of each group: centres at x = 0, 4, 8
-    torch.testing.assert_close(cond.rays[0, :, 12, :3, 3],
-                               torch.tensor([[0.0, 0, 0], [4.0, 0, 0], [8.0, 0, 0]]))
+    expected_raw = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4], [5, 6, 7, 8]], dtype=torch.float32)
+    torch.testing.assert_close(centre[..., 4] / centre[..., 2], -expected_raw)
+    # the raymap carries raw frame ts*f: translations x = 0, 4, 8, and latent-scale intrinsics
+    torch.testing.assert_close(cond.raymap[0, :, [3, 7, 11]], torch.tensor([[0.0, 0, 0], [4.0, 0, 0], [8.0, 0, 0]]))
+    torch.testing.assert_close(cond.raymap[0, 0, 16:], torch.tensor([4.0, 4.0, 2.5, 2.5]))
 
-    # item 1 matches per-frame plucker_rays / ray_transforms on relative poses, slot by slot
+    # item 1 matches per-frame plucker_rays on relative poses, slot by slot
     rel = relative_to_first(c2w[1].double())
     per_raw = plucker_rays(rel, K5.expand(N, 3, 3), (5, 5))
     for f, group in enumerate(latent_frame_groups(F, ts).tolist()):
         for slot, raw in enumerate(group):
             torch.testing.assert_close(cond.plucker[1, f, slot * 6:(slot + 1) * 6], per_raw[raw].float(),
                                        atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(cond.rays[1, f], ray_transforms(rel[group[-1]][None], K5[None], (5, 5))[0].float(),
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(cond.raymap[1, f, :16].view(4, 4), rel[ts * f].float(), atol=1e-5, rtol=1e-5)
 
 
 def test_camera_condition_invariant_to_world_frame():
@@ -271,7 +263,7 @@ def test_camera_condition_invariant_to_world_frame():
     b = camera_condition(G @ c2w, K, (5, 5), (5, 5), 2)
     assert a.plucker.dtype == torch.float64
     torch.testing.assert_close(b.plucker, a.plucker, atol=1e-9, rtol=0)
-    torch.testing.assert_close(b.rays, a.rays, atol=1e-9, rtol=0)
+    torch.testing.assert_close(b.raymap, a.raymap, atol=1e-9, rtol=0)
 
 
 def test_camera_condition_errors():
@@ -294,17 +286,17 @@ def test_camera_condition_slice_and_to():
     part = cond.slice_frames(1, 4)
     assert part.num_frames == 3
     torch.testing.assert_close(part.plucker, cond.plucker[:, 1:4])
-    torch.testing.assert_close(part.rays, cond.rays[:, 1:4])
+    torch.testing.assert_close(part.raymap, cond.raymap[:, 1:4])
     with pytest.raises(ValueError, match=r"slice_frames"):
         cond.slice_frames(3, 6)
     d = cond.to(dtype=torch.float64)
-    assert d.plucker.dtype == torch.float64 and d.rays.dtype == torch.float64
+    assert d.plucker.dtype == torch.float64 and d.raymap.dtype == torch.float64
     with pytest.raises(ValueError, match=r"disagree"):
-        CameraCondition(cond.plucker, cond.rays[:, :2])
+        CameraCondition(cond.raymap[:, :2], cond.plucker)
 
 
 def test_paper_scale_grouping_count():
     """Paper geometry (60 s at 16 fps, ts = 8): 961 raw frames -> 121 latent frames, 48 channels."""
     groups = latent_frame_groups(121, 8)
     assert groups.shape == (121, 8) and int(groups[-1, -1]) == 960
-    assert math.prod(groups.shape) == 968  # 961 raw frames + 7 repeats of frame 0
+    assert groups[0].tolist() == list(range(8))
