@@ -33,8 +33,8 @@ def test_chunk_lengths():
 @pytest.mark.parametrize("kw,msg", [
     (dict(hidden_dim=65), "hidden_dim"),
     (dict(softmax_blocks=(1, 1)), "duplicates"),
-    (dict(head_dim=30, hidden_dim=60), "multiple of 4"),
-    (dict(temporal_conv_kernel=2), "odd"),
+    (dict(head_dim=36, hidden_dim=72), "multiple of 8"),
+    (dict(temporal_conv_kernel=5), "must be 3"),
 ])
 def test_network_validation_names_field(kw, msg):
     with pytest.raises(ValueError, match=msg):
