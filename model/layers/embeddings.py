@@ -13,6 +13,8 @@ import math
 import torch
 import torch.nn as nn
 
+from model.layers.pointwise import ConvShapedLinear
+
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """t (...,) timesteps in [0, 1000] -> (..., dim) float32 [cos | sin] features."""
@@ -50,12 +52,13 @@ class CaptionMLP(nn.Module):
 
 
 class PatchEmbed3D(nn.Module):
-    """(B,C,F,h,w) -> tokens (B,F,h·w,D) through a 1×1×1 ``Conv3d`` under ``proj`` (patch size 1)."""
+    """(B,C,F,h,w) -> tokens (B,F,h·w,D) through a 1×1×1 conv under ``proj`` (patch size 1; the release's
+    ``Conv3d`` layout, computed as a linear over channels)."""
 
     def __init__(self, in_channels: int, hidden: int) -> None:
         super().__init__()
-        self.proj = nn.Conv3d(in_channels, hidden, kernel_size=1)
+        self.proj = ConvShapedLinear(in_channels, hidden, conv_dims=3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, _, F_, h, w = x.shape
-        return self.proj(x).flatten(3).permute(0, 2, 3, 1).reshape(B, F_, h * w, -1)
+        B, C, F_, h, w = x.shape
+        return self.proj(x.permute(0, 2, 3, 4, 1).reshape(B, F_, h * w, C))

@@ -14,15 +14,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.config import NetworkConfig
+from model.layers.pointwise import ConvShapedLinear
 from model.layers.temporal_conv import ResidualTemporalConv
 
 
 class _Conv(nn.Module):
-    """A 2D conv under the attribute ``conv`` (the checkpoint's key layout)."""
+    """A conv under the attribute ``conv`` (the checkpoint's key layout). 1×1 convs are channels-last
+    linears (``ConvShapedLinear``); the depthwise 3×3 stays an ``nn.Conv2d`` on NCHW."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, groups: int = 1, bias: bool = True) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, groups=groups, bias=bias)
+        if kernel == 1 and groups == 1:
+            self.conv = ConvShapedLinear(c_in, c_out, bias=bias, conv_dims=2)
+        else:
+            self.conv = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, groups=groups, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
@@ -41,9 +46,9 @@ class GLUMBConvTemp(nn.Module):
                 tail: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B,F,S,C) -> (y (B,F,S,C), temporal-conv tail (B,1,S,C) for streaming)."""
         B, F_, S, C = x.shape
-        h = x.reshape(B * F_, *hw, C).permute(0, 3, 1, 2)
-        h = self.depth_conv(F.silu(self.inverted_conv(h)))
-        value, gate = h.chunk(2, dim=1)
-        h = self.point_conv(value * F.silu(gate))
-        h = h.permute(0, 2, 3, 1).reshape(B, F_, S, C)
+        h = F.silu(self.inverted_conv(x))  # (B,F,S,2Hm), 1x1 conv as a linear
+        h = h.reshape(B * F_, *hw, -1).permute(0, 3, 1, 2)
+        h = self.depth_conv(h).permute(0, 2, 3, 1)  # (B*F,h,w,2Hm)
+        value, gate = h.chunk(2, dim=-1)
+        h = self.point_conv(value * F.silu(gate)).reshape(B, F_, S, C)
         return self.t_conv(h, chunk_lens, tail)

@@ -77,6 +77,7 @@ def test_flops_scale_with_clip_length():
 
 
 def test_cli_prints_plan(capsys):
-    assert main(["--preset", "sana_wm_2b6", "--nodes", "8", "--gpus-per-node", "8", "--zero-stage", "2"]) == 0
+    assert main(["--preset", "sana_wm_2b6", "--nodes", "8", "--gpus-per-node", "8", "--zero-stage", "2",
+                 "--latent-frames", "81"]) == 0
     out = capsys.readouterr().out
-    assert "parameters:" in out and "FITS" in out
+    assert "parameters:" in out and "FITS" in out and "DOES NOT FIT" not in out
