@@ -23,7 +23,7 @@ from typing import Any
 
 from components.common.tracking import add_tracking_args, logger_from_args
 
-FIT_DEFAULTS = {"lr": 2e-3, "batch": 4, "crop": 32, "frames": 5, "eval_every": 50}
+FIT_DEFAULTS = {"lr": 5e-4, "batch": 4, "crop": 32, "frames": 5, "eval_every": 50}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ def vae(
     vae: Output[Model],
     preset: str = "small",
     steps: int = 600,
-    lr: float = 2e-3,
+    lr: float = 5e-4,
     seed: int = 0,
     cache_dir: str = "",
     tracking_uri: str = "",

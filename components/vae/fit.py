@@ -167,7 +167,7 @@ def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def fit_vae(vae: VideoVAE, clips: list[np.ndarray], steps: int, lr: float = 2e-3, batch: int = 4,
+def fit_vae(vae: VideoVAE, clips: list[np.ndarray], steps: int, lr: float = 5e-4, batch: int = 4,
             frames_per_sample: int = 5, seed: int = 0, progress: bool = False, logger: Any = None,
             crop: int | None = 32, eval_windows: int = 4, eval_frames: int | None = None, eval_every: int = 0,
             log_every: int = 10, warmup: int | None = None) -> dict[str, Any]:
