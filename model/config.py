@@ -295,7 +295,7 @@ def _small() -> WorldModelConfig:
         name="small",
         network=NetworkConfig(latent_channels=16, hidden_dim=192, num_heads=4, head_dim=48, num_blocks=8,
                               softmax_blocks=(3, 7), text_dim=384, temporal_stride=4),
-        vae=VAEConfig(kind="wan", latent_channels=16, temporal_stride=4, spatial_stride=8, base_dim=16),
+        vae=VAEConfig(kind="ltx2", latent_channels=16, temporal_stride=4, spatial_stride=8, base_dim=32),
         text=TextEncoderConfig(kind="minilm", dim=384, max_length=32),
         sampler=SamplerConfig(num_steps=20, guidance_scale=3.0, flow_shift=3.0),
         video_height=64, video_width=96, fps=8.0,
