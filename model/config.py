@@ -29,22 +29,26 @@ def _require(cond: bool, msg: str) -> None:
 class VAEConfig:
     """Causal video VAE that maps pixels (B,3,N,H,W) to latents (B,C,F,H/s,W/s).
 
-    ``kind="wan"`` builds diffusers' ``AutoencoderKLWan`` (a small config for CPU presets);
-    ``kind="ltx2"`` builds diffusers' LTX video VAE class (paper: 128 channels, stride 8 x 32 x 32)
-    and loads weights from ``pretrained_path``. Frame count rule (causal): N = 1 + t_stride * (F - 1).
+    ``kind="ltx2"`` builds diffusers' ``AutoencoderKLLTX2Video`` (paper: 128 channels, stride 8 x 32 x 32,
+    weights from ``pretrained_path``; without a path, a tiny configuration of the same class with these
+    strides, fitted by the pipeline's ``vae`` step). ``kind="wan"`` builds a small ``AutoencoderKLWan``.
+    Frame count rule (causal): N = 1 + t_stride * (F - 1).
     """
 
     kind: Literal["wan", "ltx2"] = "wan"
     latent_channels: int = 16
     temporal_stride: int = 4
     spatial_stride: int = 8
-    base_dim: int = 16  # width of the tiny Wan VAE; ignored for ltx2
+    base_dim: int = 16  # width of a random-weight VAE (tiny Wan / tiny LTX-2); unused with pretrained_path
+    num_layers: int = 1  # resnet layers per block of a tiny LTX-2 VAE
     pretrained_path: str | None = None
 
     def __post_init__(self) -> None:
         _require(self.latent_channels > 0, f"VAEConfig.latent_channels must be > 0, got {self.latent_channels}")
         _require(self.temporal_stride >= 1, f"VAEConfig.temporal_stride must be >= 1, got {self.temporal_stride}")
         _require(self.spatial_stride >= 1, f"VAEConfig.spatial_stride must be >= 1, got {self.spatial_stride}")
+        _require(self.base_dim >= 1, f"VAEConfig.base_dim must be >= 1, got {self.base_dim}")
+        _require(self.num_layers >= 0, f"VAEConfig.num_layers must be >= 0, got {self.num_layers}")
 
     def num_raw_frames(self, latent_frames: int) -> int:
         """Raw frames N behind ``latent_frames`` latent frames (causal VAE: first frame alone)."""
@@ -280,7 +284,7 @@ def _tiny() -> WorldModelConfig:
         name="tiny",
         network=NetworkConfig(latent_channels=8, hidden_dim=64, num_heads=2, head_dim=32, num_blocks=4,
                               softmax_blocks=(3,), text_dim=384, temporal_stride=4),
-        vae=VAEConfig(kind="wan", latent_channels=8, temporal_stride=4, spatial_stride=8, base_dim=8),
+        vae=VAEConfig(kind="ltx2", latent_channels=8, temporal_stride=4, spatial_stride=8, base_dim=16),
         text=TextEncoderConfig(kind="minilm", dim=384, max_length=16),
         sampler=SamplerConfig(num_steps=8, guidance_scale=2.0, flow_shift=3.0),
         video_height=64, video_width=64, fps=8.0,
@@ -292,7 +296,7 @@ def _small() -> WorldModelConfig:
         name="small",
         network=NetworkConfig(latent_channels=16, hidden_dim=192, num_heads=4, head_dim=48, num_blocks=8,
                               softmax_blocks=(3, 7), text_dim=384, temporal_stride=4),
-        vae=VAEConfig(kind="wan", latent_channels=16, temporal_stride=4, spatial_stride=8, base_dim=16),
+        vae=VAEConfig(kind="ltx2", latent_channels=16, temporal_stride=4, spatial_stride=8, base_dim=32),
         text=TextEncoderConfig(kind="minilm", dim=384, max_length=32),
         sampler=SamplerConfig(num_steps=20, guidance_scale=3.0, flow_shift=3.0),
         video_height=64, video_width=96, fps=8.0,

@@ -1,11 +1,18 @@
 """The DAGs, built by factories so the same graph compiles for a cluster or runs locally.
 
 ```
-data:            ingest -> annotate
-train_to_serve:  importer(shards) -> train -> distill -> quantize -> evaluate -> register -> deploy
-full:            ingest -> annotate -> train -> distill -> quantize -> evaluate -> register -> deploy
+data:            ingest -> annotate                      (training shards)
+                 ingest-heldout -> annotate-heldout      (held-out shards)
+train_to_serve:  importer(shards) -> vae -> train -> distill -> quantize -> evaluate(importer(heldout))
+                 -> register -> deploy
+full:            data, then vae -> train -> ... -> evaluate(held-out shards) -> register -> deploy
 annotate (fan-out):  annotate-plan -> ParallelFor(groups){annotate-group} -> annotate-merge (shards)
 ```
+The held-out split is its own artifact: ``ingest --split heldout`` renders scenes from a separate seed
+stream, starts with the ``holdout_kinds`` trajectory classes (which the training ingest leaves out) and
+uses clips ``heldout_frames`` long (>= 2x the training clips, so evaluation measures extrapolation).
+Only ``evaluate`` reads it. ``vae`` fits the presets' video VAE on the training shards; ``train`` encodes
+its latents with that VAE (``--vae``).
 Annotation fans out over ``annotate_groups`` clip groups (a pipeline parameter): one task per group, at
 most ``parallelism`` at once, merged back into the one shards artifact every later step reads.
 ``ClusterSettings`` adds the kfp-kubernetes parts (1 GPU per GPU step, node selector, a data PVC) and
@@ -24,7 +31,7 @@ from typing import Any
 
 from kfp import dsl, kubernetes
 
-from components.annotate.component import annotate_group, annotate_merge, annotate_plan
+from components.annotate.component import annotate, annotate_group, annotate_merge, annotate_plan
 from components.common.paths import PACKAGE_VERSION
 from components.deploy.component import deploy
 from components.distill.component import distill
@@ -33,9 +40,10 @@ from components.ingest.component import ingest
 from components.quantize.component import quantize
 from components.register.component import register
 from components.train.component import train
+from components.vae.component import vae
 
 PIPELINE_NAMES = ("data", "train_to_serve", "full")
-GPU_STEPS = ("train", "distill", "quantize", "evaluate", "deploy")
+GPU_STEPS = ("vae", "train", "distill", "quantize", "evaluate", "deploy")
 
 
 @dataclass(frozen=True)
@@ -99,12 +107,19 @@ LOCAL_ANNOTATE_PARALLELISM = 2
 LOCAL_ANNOTATE_WORKERS = 1
 
 
-def _data_tasks(num_clips, seed, source_dir, clip_hw_frames, groups, tracking, cluster) -> dsl.PipelineTask:
-    """ingest -> annotate-plan -> ParallelFor(annotate-group) -> annotate-merge; returns the merge task,
-    whose ``shards`` output is the dataset every later step reads."""
+def _data_tasks(num_clips, seed, source_dir, clip_hw_frames, groups, heldout, tracking, cluster):
+    """ingest -> annotate-plan -> ParallelFor(annotate-group) -> annotate-merge, and the held-out split
+    ingest-heldout -> annotate-heldout. Returns (merge task, held-out annotate task): the merge task's
+    ``shards`` are what training reads, the held-out task's ``shards`` what evaluate reads."""
     h, w, n = clip_hw_frames
+    heldout_clips, heldout_frames, holdout_kinds = heldout
     ing = _place(ingest(num_clips=num_clips, seed=seed, source_dir=source_dir, height=h, width=w, frames=n,
-                        **tracking), "ingest", cluster)
+                        split="train", holdout_kinds=holdout_kinds, **tracking), "ingest", cluster)
+    # The held-out split is always synthetic (known ground-truth trajectories); with a real --source the
+    # training clips are real and the held-out ones still measure camera following against exact poses.
+    ing_h = _place(ingest(num_clips=heldout_clips, seed=seed, source_dir="", height=h, width=w, frames=heldout_frames,
+                          split="heldout", holdout_kinds=holdout_kinds, **tracking), "ingest-heldout", cluster)
+    ann_h = _place(annotate(raw=ing_h.outputs["raw"], **tracking), "annotate-heldout", cluster)
     plan = _place(annotate_plan(raw=ing.outputs["raw"], groups=groups, **tracking), "annotate-plan", cluster)
     parallelism = cluster.annotate_parallelism if cluster else LOCAL_ANNOTATE_PARALLELISM
     workers = cluster.annotate_workers if cluster else LOCAL_ANNOTATE_WORKERS
@@ -112,20 +127,23 @@ def _data_tasks(num_clips, seed, source_dir, clip_hw_frames, groups, tracking, c
         grp = _place(annotate_group(raw=ing.outputs["raw"], ids=group_ids, workers=workers, **tracking),
                      "annotate-group", cluster)
     merge = annotate_merge(parts=dsl.Collected(grp.outputs["shards"]), **tracking)
-    return _place(merge, "annotate", cluster)
+    return _place(merge, "annotate", cluster), ann_h
 
 
-def _train_to_serve_tasks(shards, preset, steps, distill_steps, model_name, eval_clips, keep_serving, tracking,
-                          cluster):
+def _train_to_serve_tasks(shards, heldout, preset, steps, vae_fit, distill_steps, model_name, eval_clips,
+                          keep_serving, tracking, cluster):
     is_cluster = cluster is not None
-    tr = train(shards=shards, preset=preset, steps=steps, cluster=is_cluster,
+    vae_steps, vae_lr, vae_cache = vae_fit
+    vf = _place(vae(shards=shards, preset=preset, steps=vae_steps, lr=vae_lr, cache_dir=vae_cache, **tracking),
+                "vae", cluster)
+    tr = train(shards=shards, vae=vf.outputs["vae"], preset=preset, steps=steps, cluster=is_cluster,
                trainjob_spec=json.dumps(cluster.trainjob, sort_keys=True) if is_cluster else "", **tracking)
     _place(tr, "train", cluster)
     ode_steps, dmd_steps, teacher_steps = distill_steps
     ds = _place(distill(teacher=tr.outputs["model"], shards=shards, ode_steps=ode_steps, dmd_steps=dmd_steps,
                         teacher_steps=teacher_steps, **tracking), "distill", cluster)
     qt = _place(quantize(model=ds.outputs["student"], shards=shards, **tracking), "quantize", cluster)
-    ev = _place(evaluate(model=qt.outputs["quantized"], shards=shards, num_clips=eval_clips, **tracking),
+    ev = _place(evaluate(model=qt.outputs["quantized"], heldout=heldout, num_clips=eval_clips, **tracking),
                 "evaluate", cluster)
     rg = _place(register(model=qt.outputs["quantized"], report=ev.outputs["report"], name=model_name,
                          **tracking), "register", cluster)
@@ -147,35 +165,42 @@ def build_pipeline(name: str, cluster: ClusterSettings | None = None,
 
     if name == "data":
         def data(num_clips: int = 8, seed: int = 0, source_dir: str = "", clip_height: int = 64,
-                 clip_width: int = 96, clip_frames: int = 33, annotate_groups: int = 2, tracking_uri: str = "",
+                 clip_width: int = 96, clip_frames: int = 33, annotate_groups: int = 2, heldout_clips: int = 2,
+                 heldout_frames: int = 69, holdout_kinds: str = "turn", tracking_uri: str = "",
                  parent_run_id: str = "", experiment: str = "sana-wm"):
             tracking = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id, experiment=experiment)
             _data_tasks(num_clips, seed, source_dir, (clip_height, clip_width, clip_frames), annotate_groups,
-                        tracking, cluster)
+                        (heldout_clips, heldout_frames, holdout_kinds), tracking, cluster)
         return deco(data)
 
     if name == "train_to_serve":
-        def train_to_serve(shards_uri: str, preset: str = "small", steps: int = 200,
+        def train_to_serve(shards_uri: str, heldout_uri: str, preset: str = "small", steps: int = 200,
+                           vae_steps: int = 600, vae_lr: float = 5e-4, vae_cache_dir: str = "",
                            distill_ode_steps: int = 60, distill_dmd_steps: int = 4, distill_teacher_steps: int = 20,
                            model_name: str = "sana-wm", eval_clips: int = 2, keep_serving: bool = False,
                            tracking_uri: str = "", parent_run_id: str = "", experiment: str = "sana-wm"):
             tracking = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id, experiment=experiment)
             imp = dsl.importer(artifact_uri=shards_uri, artifact_class=dsl.Dataset, reimport=False)
             imp.set_display_name("shards")
-            _train_to_serve_tasks(imp.output, preset, steps,
+            imp_h = dsl.importer(artifact_uri=heldout_uri, artifact_class=dsl.Dataset, reimport=False)
+            imp_h.set_display_name("heldout")
+            _train_to_serve_tasks(imp.output, imp_h.output, preset, steps, (vae_steps, vae_lr, vae_cache_dir),
                                   (distill_ode_steps, distill_dmd_steps, distill_teacher_steps), model_name, eval_clips, keep_serving,
                                   tracking, cluster)
         return deco(train_to_serve)
 
     def full(num_clips: int = 8, seed: int = 0, source_dir: str = "", clip_height: int = 64,
-             clip_width: int = 96, clip_frames: int = 33, annotate_groups: int = 2, preset: str = "small",
-             steps: int = 200, distill_ode_steps: int = 60, distill_dmd_steps: int = 4,
+             clip_width: int = 96, clip_frames: int = 33, annotate_groups: int = 2, heldout_clips: int = 2,
+             heldout_frames: int = 69, holdout_kinds: str = "turn", preset: str = "small",
+             steps: int = 200, vae_steps: int = 600, vae_lr: float = 5e-4, vae_cache_dir: str = "",
+             distill_ode_steps: int = 60, distill_dmd_steps: int = 4,
              distill_teacher_steps: int = 20, model_name: str = "sana-wm", eval_clips: int = 2, keep_serving: bool = False,
              tracking_uri: str = "", parent_run_id: str = "", experiment: str = "sana-wm"):
         tracking = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id, experiment=experiment)
-        ann = _data_tasks(num_clips, seed, source_dir, (clip_height, clip_width, clip_frames), annotate_groups,
-                          tracking, cluster)
-        _train_to_serve_tasks(ann.outputs["shards"], preset, steps,
+        ann, ann_h = _data_tasks(num_clips, seed, source_dir, (clip_height, clip_width, clip_frames), annotate_groups,
+                                 (heldout_clips, heldout_frames, holdout_kinds), tracking, cluster)
+        _train_to_serve_tasks(ann.outputs["shards"], ann_h.outputs["shards"], preset, steps,
+                              (vae_steps, vae_lr, vae_cache_dir),
                               (distill_ode_steps, distill_dmd_steps, distill_teacher_steps), model_name, eval_clips, keep_serving,
                               tracking, cluster)
     return deco(full)

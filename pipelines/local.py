@@ -20,7 +20,7 @@ from components.common.launch import ENV_TIMINGS_DIR
 from components.common.lineage import log_dataset
 from components.common.paths import PACKAGE_VERSION, DataLayout
 
-STEPS = ("ingest", "annotate", "train", "distill", "quantize", "evaluate", "register", "deploy")
+STEPS = ("ingest", "annotate", "vae", "train", "distill", "quantize", "evaluate", "register", "deploy")
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,11 @@ class LocalRunConfig:
     clip_height: int = 64
     clip_width: int = 96
     clip_frames: int = 33
+    heldout_clips: int = 2
+    heldout_frames: int = 69
+    holdout_kinds: str = "turn"
+    vae_steps: int = 600
+    vae_lr: float = 5e-4
     eval_clips: int = 2
     model_name: str = "sana-wm"
     experiment: str = "sana-wm"
@@ -51,10 +56,21 @@ class LocalRunConfig:
             raise ValueError(f"LocalRunConfig.num_clips must be >= 1, got {self.num_clips}")
         if self.eval_clips < 1:
             raise ValueError(f"LocalRunConfig.eval_clips must be >= 1, got {self.eval_clips}")
+        if self.heldout_clips < self.eval_clips:
+            raise ValueError(f"LocalRunConfig.heldout_clips ({self.heldout_clips}) must be >= eval_clips "
+                             f"({self.eval_clips}): evaluate reads only the held-out set")
+        if self.heldout_frames < 2 * self.clip_frames:
+            raise ValueError(f"LocalRunConfig.heldout_frames ({self.heldout_frames}) must be >= 2 x clip_frames "
+                             f"({self.clip_frames}), so evaluation measures extrapolation")
+        if self.vae_steps < 0 or self.vae_lr <= 0:
+            raise ValueError(f"LocalRunConfig: need vae_steps >= 0 and vae_lr > 0, got {self.vae_steps}, {self.vae_lr}")
 
     def dvc_params(self) -> dict[str, Any]:
         """The values ``params.yaml`` must hold for this run to be recorded as the DVC stages' result."""
         return {"preset": self.preset, "train": {"steps": self.steps},
+                "vae": {"steps": self.vae_steps, "lr": self.vae_lr},
+                "heldout": {"num_clips": self.heldout_clips, "frames": self.heldout_frames,
+                            "holdout_kinds": self.holdout_kinds},
                 "distill": {"ode_steps": self.distill_ode_steps, "dmd_steps": self.distill_dmd_steps,
                             "teacher_steps": self.distill_teacher_steps},
                 "ingest": {"num_clips": self.num_clips, "seed": self.seed, "height": self.clip_height,
@@ -84,6 +100,10 @@ def config_from_params(root: Path, **overrides: Any) -> LocalRunConfig:
                 num_clips=p.get("ingest", {}).get("num_clips", 8), seed=p.get("ingest", {}).get("seed", 0),
                 clip_height=p.get("ingest", {}).get("height", 64), clip_width=p.get("ingest", {}).get("width", 96),
                 clip_frames=p.get("ingest", {}).get("frames", 33),
+                heldout_clips=p.get("heldout", {}).get("num_clips", 2),
+                heldout_frames=p.get("heldout", {}).get("frames", 69),
+                holdout_kinds=p.get("heldout", {}).get("holdout_kinds", "turn"),
+                vae_steps=p.get("vae", {}).get("steps", 600), vae_lr=p.get("vae", {}).get("lr", 5e-4),
                 eval_clips=p.get("evaluate", {}).get("num_clips", 2),
                 model_name=p.get("register", {}).get("model_name", "sana-wm"))
     base.update({k: v for k, v in overrides.items() if v is not None})
@@ -103,8 +123,9 @@ def _matches_params(cfg: LocalRunConfig, params: dict[str, Any]) -> list[str]:
 
 
 # Steps whose output comes from a KFP task of another name: annotate fans out into plan / group / merge
-# tasks (pipelines/dags.py) and its shards are the merge task's output.
-_TASK_FOLDER = {"annotate": "annotate-merge"}
+# tasks (pipelines/dags.py) and its shards are the merge task's output; the held-out split runs the same
+# components a second time, which KFP names "ingest-2" and (the one-task batch form) "annotate".
+_TASK_FOLDER = {"annotate": "annotate-merge", "ingest-heldout": "ingest-2", "annotate-heldout": "annotate"}
 
 
 # step -> (output name, destination in the layout)
@@ -112,6 +133,9 @@ def _publish_map(layout: DataLayout) -> dict[str, list[tuple[str, Path]]]:
     return {
         "ingest": [("raw", layout.raw)],
         "annotate": [("shards", layout.shards)],
+        "ingest-heldout": [("raw", layout.heldout_raw)],
+        "annotate-heldout": [("shards", layout.heldout)],
+        "vae": [("vae", layout.vae)],
         "train": [("model", layout.teacher)],
         "distill": [("student", layout.student)],
         "quantize": [("quantized", layout.quantized)],
@@ -171,7 +195,9 @@ def run_local(cfg: LocalRunConfig) -> LocalRunResult:
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(layout.kfp_root))
         before = set(layout.kfp_root.glob("sana-wm-full-*"))
         pipeline(num_clips=cfg.num_clips, seed=cfg.seed, clip_height=cfg.clip_height, clip_width=cfg.clip_width,
-                 clip_frames=cfg.clip_frames, preset=cfg.preset, steps=cfg.steps,
+                 clip_frames=cfg.clip_frames, heldout_clips=cfg.heldout_clips, heldout_frames=cfg.heldout_frames,
+                 holdout_kinds=cfg.holdout_kinds, preset=cfg.preset, steps=cfg.steps, vae_steps=cfg.vae_steps,
+                 vae_lr=cfg.vae_lr, vae_cache_dir=str(layout.vae_cache),
                  distill_ode_steps=cfg.distill_ode_steps, distill_dmd_steps=cfg.distill_dmd_steps,
                  distill_teacher_steps=cfg.distill_teacher_steps,
                  model_name=cfg.model_name, eval_clips=cfg.eval_clips, keep_serving=cfg.keep_serving,
@@ -187,6 +213,7 @@ def run_local(cfg: LocalRunConfig) -> LocalRunResult:
         build_repository(layout.outputs / "bundle", layout.triton)
         log_dataset(parent, layout.raw, "raw", context="ingest")
         log_dataset(parent, layout.shards, "shards", context="training")
+        log_dataset(parent, layout.heldout, "heldout", context="evaluation")
         for name in ("video.mp4", "contact_sheet.png"):
             if (layout.outputs / name).exists():
                 parent.log_artifact(layout.outputs / name, "outputs")

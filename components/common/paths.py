@@ -63,6 +63,26 @@ class DataLayout:
         return self.data / "shards"
 
     @property
+    def heldout_raw(self) -> Path:
+        """Raw clips of the held-out split (never read by training)."""
+        return self.data / "heldout_raw"
+
+    @property
+    def heldout(self) -> Path:
+        """Annotated shards of the held-out split: the only data ``evaluate`` reads."""
+        return self.data / "heldout"
+
+    @property
+    def vae(self) -> Path:
+        """The fitted VAE folder (``components.vae``) that train encodes latents with."""
+        return self.data / "models" / "vae"
+
+    @property
+    def vae_cache(self) -> Path:
+        """Earlier VAE fits keyed by data + options, so a rerun of the pipeline does not refit."""
+        return self.data / "cache" / "vae"
+
+    @property
     def teacher(self) -> Path:
         return self.data / "models" / "teacher"
 

@@ -1,12 +1,15 @@
-"""Evaluate a bundle on held-out clips: camera following (poses recovered from the generated video),
-PSNR/SSIM against the real clip, and generation speed.
+"""Evaluate a bundle on the held-out set: camera following (poses recovered from the generated video),
+PSNR/SSIM against the real clip, the VAE's reconstruction PSNR, and generation speed.
 
-    python -m components.evaluate --model DIR --shards DIR --out DIR [--num-clips 2] [--max-frames N]
+    python -m components.evaluate --model DIR --heldout DIR --out DIR [--num-clips 2] [--max-frames N]
         [--mode few_step|streaming|bidirectional] [--seed 0]
 
-Held-out clips are the last ``--num-clips`` samples of the shards in key order (training reads all shards;
-with real data keep a separate held-out shard set and point ``--shards`` at it). For each clip: its first
-frame + commanded trajectory -> ``WorldModelPipeline.generate`` -> ``camera_metrics.camera_following_report``.
+``--heldout`` is the data DAG's held-out shards (``ingest --split heldout`` -> ``annotate``): scenes from a
+seed stream training never sees, at least one trajectory class training never sees, clips >= 2x the
+training length. Nothing else is read, so every figure is a held-out figure; the first ``--num-clips``
+samples in key order are used, each at its full length (``--max-frames`` caps it). For each clip: its first
+frame + commanded trajectory -> ``WorldModelPipeline.generate`` -> ``camera_metrics.camera_following_report``;
+``vae_psnr_db`` is the bundle VAE's encode/decode PSNR on the same clips.
 Writes ``metrics.json`` (flat numbers, DVC metrics), ``report.json`` (per-clip detail), ``plots/*.png``,
 ``samples/<id>.mp4`` and ``smoke_input/{image.png, trajectory.npz}`` (the example request that register
 attaches to the model and deploy sends to Triton). Output folder written atomically.
@@ -49,7 +52,7 @@ def _decode(data: bytes) -> np.ndarray:
 
 
 def load_held_out(shards: Path, num_clips: int) -> list[HeldOutClip]:
-    """The last ``num_clips`` samples (by key) of the webdataset tars in ``shards``."""
+    """The first ``num_clips`` samples (by key) of the held-out webdataset tars in ``shards``."""
     tars = sorted(shards.glob("*.tar"))
     if not tars:
         raise FileNotFoundError(f"no webdataset shards (*.tar) in {shards}")
@@ -66,7 +69,7 @@ def load_held_out(shards: Path, num_clips: int) -> list[HeldOutClip]:
     if len(keys) < num_clips:
         raise ValueError(f"{shards} holds {len(keys)} complete samples, fewer than --num-clips {num_clips}")
     clips = []
-    for key in keys[-num_clips:]:
+    for key in keys[:num_clips]:
         poses = np.load(io.BytesIO(samples[key]["poses.npz"]))
         frames = _decode(samples[key]["mp4"])
         n = min(len(frames), len(poses["c2w"]))
@@ -95,13 +98,14 @@ def fit_to_model(clip: HeldOutClip, hw: tuple[int, int], temporal_stride: int, m
     return HeldOutClip(clip.key, frames, clip.c2w[:n], K, clip.fps)
 
 
-def evaluate(model_dir: Path, shards: Path, out: Path, num_clips: int, max_frames: int | None, mode: str | None,
+def evaluate(model_dir: Path, heldout: Path, out: Path, num_clips: int, max_frames: int | None, mode: str | None,
              seed: int, logger) -> dict[str, float]:
     """Run the evaluation (module docstring); returns the flat metrics written to ``metrics.json``."""
     from PIL import Image
 
     from components.evaluate.camera_metrics import camera_following_report, plot_camera_report
     from components.quantize import load_bundle
+    from components.vae.fit import video_psnr
     from model.trajectory import Trajectory, save_trajectory
     from serving.client import write_mp4
 
@@ -110,9 +114,9 @@ def evaluate(model_dir: Path, shards: Path, out: Path, num_clips: int, max_frame
     ts = cfg.vae.temporal_stride
     # Distilled bundles are meant to run few-step; a teacher runs the streaming sampler.
     mode = mode or ("few_step" if (pipe.metadata or {}).get("kind") in ("student", "quantized") else "streaming")
-    max_frames = max_frames or 1 + 2 * ts
-    clips = [fit_to_model(c, (cfg.video_height, cfg.video_width), ts, max_frames)
-             for c in load_held_out(shards, num_clips)]
+    raw = load_held_out(heldout, num_clips)
+    max_frames = max_frames or max(len(c.frames) for c in raw)  # the whole held-out clip
+    clips = [fit_to_model(c, (cfg.video_height, cfg.video_width), ts, max_frames) for c in raw]
     per_clip, agg = {}, {}
     with atomic_dir(out) as tmp:
         for sub in ("plots", "samples", "smoke_input"):
@@ -125,6 +129,7 @@ def evaluate(model_dir: Path, shards: Path, out: Path, num_clips: int, max_frame
             rep["gen_seconds"] = dt
             rep["gen_fps"] = len(video) / dt
             rep["latent_fps"] = cfg.vae.num_latent_frames(len(video)) / dt
+            rep["vae_psnr_db"] = video_psnr(pipe.vae, clip.frames)
             per_clip[clip.key] = rep
             plot_camera_report(rep, tmp / "plots" / f"{clip.key}.png")
             write_mp4(video, tmp / "samples" / f"{clip.key}.mp4", clip.fps)
@@ -132,7 +137,7 @@ def evaluate(model_dir: Path, shards: Path, out: Path, num_clips: int, max_frame
                 Image.fromarray(clip.frames[0]).save(tmp / "smoke_input" / "image.png")
                 save_trajectory(Trajectory(clip.c2w, clip.intrinsics, clip.fps), tmp / "smoke_input" / "trajectory.npz")
             for k in ("rot_err_deg_mean", "trans_err_mean", "cammc_mean", "registered_fraction", "psnr_mean",
-                      "ssim_mean", "gen_fps", "latent_fps", "gen_seconds"):
+                      "ssim_mean", "gen_fps", "latent_fps", "gen_seconds", "vae_psnr_db"):
                 if isinstance(rep.get(k), (int, float)):
                     agg.setdefault(k, []).append(float(rep[k]))
         metrics = {k: float(np.mean(v)) for k, v in agg.items()}
@@ -142,7 +147,7 @@ def evaluate(model_dir: Path, shards: Path, out: Path, num_clips: int, max_frame
         (tmp / "report.json").write_text(json.dumps({"mode": mode, "clips": per_clip}, indent=2, sort_keys=True))
     logger.log_params({"model": str(model_dir), "mode": mode, "num_clips": num_clips, "max_frames": max_frames,
                        "seed": seed, "preset": cfg.name})
-    log_dataset(logger, shards, "shards", context="evaluation")
+    log_dataset(logger, heldout, "heldout", context="evaluation")
     logger.log_metrics(metrics)
     for sub in ("plots", "samples"):
         logger.log_artifact(out / sub, sub)
@@ -155,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m components.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, type=Path, help="model bundle folder")
-    ap.add_argument("--shards", required=True, type=Path, help="annotated shards folder")
+    ap.add_argument("--heldout", "--shards", dest="heldout", required=True, type=Path,
+                    help="held-out shards folder (the data DAG's heldout output; --shards is an old alias)")
     ap.add_argument("--out", required=True, type=Path, help="output folder")
     ap.add_argument("--num-clips", type=int, default=2)
     ap.add_argument("--max-frames", type=int, default=None, help="raw frames per clip (default 1 + 2*stride)")
@@ -166,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_clips < 1:
         ap.error(f"--num-clips must be >= 1, got {args.num_clips}")
     with logger_from_args(args, "evaluate") as logger:
-        metrics = evaluate(args.model, args.shards, args.out, args.num_clips, args.max_frames, args.mode,
+        metrics = evaluate(args.model, args.heldout, args.out, args.num_clips, args.max_frames, args.mode,
                            args.seed, logger)
     print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0

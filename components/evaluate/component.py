@@ -9,7 +9,7 @@ from components.common.paths import image_for
 @dsl.component(base_image=image_for("train"), install_kfp_package=False)
 def evaluate(
     model: Input[Model],
-    shards: Input[Dataset],
+    heldout: Input[Dataset],
     report: Output[Artifact],
     metrics: Output[Metrics],
     num_clips: int = 2,
@@ -17,11 +17,11 @@ def evaluate(
     parent_run_id: str = "",
     experiment: str = "",
 ):
-    """Generate held-out clips, measure camera following and speed; write metrics.json, plots, videos.
+    """Generate the held-out clips, measure camera following, VAE PSNR and speed; write metrics.json, plots, videos.
 
     Args:
         model: Model bundle to evaluate.
-        shards: Annotated shards folder (held-out clips are taken from it).
+        heldout: Held-out annotated shards (the data DAG's held-out split; training never reads it).
         report: Output folder (metrics.json, plots/, samples/).
         metrics: The same flat metrics as a KFP Metrics artifact (shown in the KFP UI).
         num_clips: Held-out clips to generate.
@@ -34,7 +34,7 @@ def evaluate(
 
     from components.common.launch import run_step
 
-    run_step("evaluate", ["--model", model.path, "--shards", shards.path, "--out", report.path,
+    run_step("evaluate", ["--model", model.path, "--heldout", heldout.path, "--out", report.path,
                           "--num-clips", num_clips], tracking_uri, parent_run_id, experiment)
     with open(os.path.join(report.path, "metrics.json"), encoding="utf-8") as f:
         for k, v in json.load(f).items():

@@ -13,7 +13,7 @@ from collections import Counter
 
 from components.ingest.filters import FilterConfig
 from components.ingest.sources import IngestConfig, ingest_videos
-from components.ingest.synthetic import KINDS, generate_dataset
+from components.ingest.synthetic import KINDS, SPLITS, generate_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--frames", type=int, default=33, help="frames per clip (default 33)")
     syn.add_argument("--kinds", nargs="+", choices=KINDS, default=None,
                      help="trajectory kinds to cycle through (default: all)")
+    syn.add_argument("--split", choices=SPLITS, default="train",
+                     help="train, or heldout: scenes from a separate seed stream, ids heldout<seed>-<i> (default train)")
+    syn.add_argument("--holdout-kinds", nargs="+", choices=KINDS, default=[], metavar="KIND",
+                     help="trajectory kinds only the held-out split has: train leaves them out, heldout starts with them")
     real = p.add_argument_group("source mode")
     real.add_argument("--clip-frames", type=int, default=961, help="frames per clip (paper: 961 = 60 s at 16 fps)")
     real.add_argument("--overlap", type=int, default=640, help="frames shared by consecutive clips (paper: 640)")
@@ -58,10 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     progress = not args.no_progress
     if args.synthetic is not None:
-        rows = generate_dataset(args.out, args.synthetic, args.seed, height=args.height, width=args.width,
-                                num_frames=args.frames, fps=args.fps or 8.0, kinds=args.kinds, progress=progress)
+        try:
+            rows = generate_dataset(args.out, args.synthetic, args.seed, height=args.height, width=args.width,
+                                    num_frames=args.frames, fps=args.fps or 8.0, kinds=args.kinds, progress=progress,
+                                    split=args.split, holdout_kinds=args.holdout_kinds)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         kinds = Counter(f"{r['kind']}/{r['speed']}" for r in rows)
-        print(f"wrote {len(rows)} synthetic clips ({args.frames} frames, {args.height}x{args.width}) to {args.out}")
+        print(f"wrote {len(rows)} synthetic {args.split} clips ({args.frames} frames, {args.height}x{args.width}) "
+              f"to {args.out}")
         print("  " + ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items())))
         return 0
     cfg = IngestConfig(fps=args.fps or 16.0, clip_frames=args.clip_frames, overlap=args.overlap,

@@ -15,6 +15,8 @@ def ingest(
     height: int = 64,
     width: int = 96,
     frames: int = 33,
+    split: str = "train",
+    holdout_kinds: str = "",
     tracking_uri: str = "",
     parent_run_id: str = "",
     experiment: str = "",
@@ -29,6 +31,8 @@ def ingest(
         height: Synthetic clip height in pixels (match the model preset).
         width: Synthetic clip width in pixels.
         frames: Frames per synthetic clip.
+        split: Synthetic split, train or heldout (held-out scenes come from a separate seed stream).
+        holdout_kinds: Space-separated trajectory kinds only the held-out split has ('' = none).
         tracking_uri: MLflow tracking URI ('' = no tracking).
         parent_run_id: MLflow run to nest this step under.
         experiment: MLflow experiment name.
@@ -36,5 +40,6 @@ def ingest(
     from components.common.launch import run_step
 
     src = (["--source", source_dir] if source_dir else
-           ["--synthetic", num_clips, "--seed", seed, "--height", height, "--width", width, "--frames", frames])
+           ["--synthetic", num_clips, "--seed", seed, "--height", height, "--width", width, "--frames", frames,
+            "--split", split] + (["--holdout-kinds", *holdout_kinds.split()] if holdout_kinds.strip() else []))
     run_step("ingest", [*src, "--no-progress", "--out", raw.path], tracking_uri, parent_run_id, experiment)

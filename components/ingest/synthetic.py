@@ -37,7 +37,9 @@ from components.ingest.sources import write_manifest
 from components.ingest.video_io import write_video
 
 __all__ = [
+    "HELDOUT_STREAM",
     "KINDS",
+    "SPLITS",
     "SPEEDS",
     "ClipSpec",
     "RenderedClip",
@@ -49,6 +51,12 @@ __all__ = [
 KINDS: tuple[str, ...] = ("walk_forward", "orbit", "pure_yaw", "strafe", "turn", "mixed")
 # speed name -> (translation m/s, rotation deg/s): "slow" ~ strolling, "fast" ~ brisk walk + quick pan.
 SPEEDS: dict[str, tuple[float, float]] = {"slow": (0.5, 15.0), "fast": (1.4, 45.0)}
+
+# Splits of a synthetic dataset. Clip i of split "train" renders from SeedSequence([seed, i]) (ids
+# "syn<seed>-<i>"), clip i of "heldout" from SeedSequence([seed, i, HELDOUT_STREAM]) ("heldout<seed>-<i>"):
+# a separate seed stream, so no held-out scene is a training scene whatever the two --seed values are.
+SPLITS: tuple[str, ...] = ("train", "heldout")
+HELDOUT_STREAM = 0x4E1D
 
 _WALL_CLEARANCE = 0.8  # metres between any camera position and a wall
 _OBJECT_CLEARANCE = 0.5  # metres between any camera position and a box footprint
@@ -514,6 +522,23 @@ def write_clip(clip: RenderedClip, out_dir: str | os.PathLike, clip_id: str) -> 
     return video, npz
 
 
+def split_kinds(kinds: list[str] | tuple[str, ...] | None, holdout_kinds: list[str] | tuple[str, ...],
+                split: str) -> tuple[str, ...]:
+    """Trajectory kinds one split cycles through: ``kinds`` (default :data:`KINDS`) without
+    ``holdout_kinds`` for "train"; ``holdout_kinds`` first, then the rest, for "heldout"."""
+    kinds = tuple(kinds) if kinds else KINDS
+    holdout = tuple(holdout_kinds or ())
+    bad = [k for k in (*kinds, *holdout) if k not in KINDS]
+    if bad:
+        raise ValueError(f"unknown trajectory kinds {bad}; choose from {KINDS}")
+    rest = tuple(k for k in kinds if k not in holdout)
+    if split == "train":
+        if not rest:
+            raise ValueError(f"holdout_kinds {list(holdout)} leave no trajectory kind for training out of {list(kinds)}")
+        return rest
+    return holdout + rest
+
+
 def generate_dataset(
     out_dir: str | os.PathLike,
     num_clips: int,
@@ -524,34 +549,39 @@ def generate_dataset(
     fps: float = 8,
     kinds: list[str] | tuple[str, ...] | None = None,
     progress: bool = True,
+    split: str = "train",
+    holdout_kinds: list[str] | tuple[str, ...] = (),
 ) -> list[dict]:
     """Render ``num_clips`` clips into ``out_dir`` and write ``manifest.jsonl``; returns its rows.
 
     Kinds cycle through ``kinds`` (default all of :data:`KINDS`) and speeds alternate so each kind
-    appears at both speeds; clip ``i`` uses a seed derived from ``(seed, i)``. Row keys: id, path
-    (file name relative to ``out_dir``), annotation (npz name), frames, fps, height, width, h, w,
-    kind, speed, seed, source="synthetic", status="ok".
+    appears at both speeds; clip ``i`` uses a seed derived from ``(seed, i)`` (``split="heldout"``: from
+    a separate stream, see :data:`HELDOUT_STREAM`). ``holdout_kinds`` are trajectory classes only the
+    held-out split has: the train split leaves them out, the held-out split cycles through them first,
+    so even one held-out clip shows a class training never saw. Row keys: id, path (file name relative
+    to ``out_dir``), annotation (npz name), frames, fps, height, width, h, w, kind, speed, seed, split,
+    source="synthetic", status="ok".
     """
     if num_clips < 1:
         raise ValueError(f"num_clips must be >= 1, got {num_clips}")
-    kinds = tuple(kinds) if kinds else KINDS
-    bad = [k for k in kinds if k not in KINDS]
-    if bad:
-        raise ValueError(f"unknown trajectory kinds {bad}; choose from {KINDS}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    kinds = split_kinds(kinds, holdout_kinds, split)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     speeds = tuple(SPEEDS)
     rows = []
     for i in tqdm(range(num_clips), desc="synthetic clips", unit="clip", disable=not progress):
-        clip_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
+        entropy = [seed, i] if split == "train" else [seed, i, HELDOUT_STREAM]
+        clip_seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
         spec = ClipSpec(kind=kinds[i % len(kinds)], speed=speeds[(i + i // len(kinds)) % len(speeds)],
                         num_frames=num_frames, fps=float(fps), height=height, width=width, seed=clip_seed)
-        clip_id = f"syn{seed}-{i:05d}"
+        clip_id = f"{'syn' if split == 'train' else 'heldout'}{seed}-{i:05d}"
         video, npz = write_clip(render_clip(spec), out, clip_id)
         rows.append({
             "id": clip_id, "path": video.name, "annotation": npz.name, "frames": num_frames,
             "fps": float(fps), "height": height, "width": width, "h": height, "w": width,
-            "kind": spec.kind, "speed": spec.speed, "seed": clip_seed, "source": "synthetic",
+            "kind": spec.kind, "speed": spec.speed, "seed": clip_seed, "split": split, "source": "synthetic",
             "status": "ok", "spec": asdict(spec),
         })
     write_manifest(rows, out / "manifest.jsonl")

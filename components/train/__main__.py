@@ -1,7 +1,10 @@
-"""CLI: ``python -m components.train --shards DIR --preset small --steps K --out DIR [--deepspeed --zero-stage 2]``
+"""CLI: ``python -m components.train --shards DIR --vae DIR --preset small --steps K --out DIR [--deepspeed --zero-stage 2]``
 and ``python -m components.train plan --preset sana_wm_2b6 --nodes 8 --gpus-per-node 8 [--zero-stage 3] [--mfu 0.35]``.
 
 Writes a model bundle (``WorldModelPipeline.save_pretrained``, metadata kind="teacher") to ``--out``.
+``--vae`` is the folder the pipeline's ``vae`` step fitted (``python -m components.vae``): its weights
+encode the latent cache and are the VAE the bundle saves. Without it the preset's VAE is used as built
+(random weights for the CPU presets: a warning says so).
 Checkpoints go to ``--ckpt-dir`` (default ``<out>.ckpt``); rerunning the same command resumes from the
 latest one. ``--deepspeed`` outside a launcher re-executes itself under torchrun (``--nproc``, 2 on CPU).
 """
@@ -38,11 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--deepspeed", action="store_true", help="DeepSpeed ZeRO engine under torchrun")
     ap.add_argument("--zero-stage", type=int, default=2, choices=[0, 1, 2, 3])
     ap.add_argument("--nproc", type=int, default=2, help="local processes torchrun starts for --deepspeed")
-    ap.add_argument("--vae-steps", type=int, default=0,
-                    help="fit the random-weight VAE on the clips for this many steps before training "
-                         "(default 0 = off; -1 = the preset budget of components.train.vae_fit: small ~2 min, "
-                         "tiny ~15 s on 2 CPU cores; always 0 for a VAE with pretrained weights or with --init). "
-                         "Off by default: 200 steps only reach the average colour (PSNR 12.8 -> 15.3 dB)")
+    ap.add_argument("--vae", default=None,
+                    help="fitted VAE folder from `python -m components.vae` (default: the preset's VAE as built)")
     ap.add_argument("--train-config-json", default=None, help="a full TrainConfig as JSON (overrides the flags)")
     from components.common.tracking import add_tracking_args
 
@@ -65,11 +65,11 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
 def run_training(tc: TrainConfig, shards: str, out: str, *, ckpt_dir: str | None = None,
                  cache_dir: str | None = None, init: str | None = None, max_clips: int | None = None,
                  logger: Any = None, stop_after: int | None = None, samples: list[dict] | None = None,
-                 vae_steps: int | None = 0) -> dict:
+                 vae_dir: str | None = None) -> dict:
     """Train and (rank 0) write the teacher bundle to ``out``. Returns a summary dict (losses, steps).
 
-    ``vae_steps`` fits the VAE on the clips first (``components.train.vae_fit``; None = auto, see
-    ``--vae-steps``); the fitted VAE encodes the latent cache and is the one the bundle saves.
+    ``vae_dir`` is a VAE folder from ``components.vae`` (see ``--vae``); it replaces the preset's (or the
+    ``init`` bundle's) VAE before the latent cache is built, and is the one the bundle saves.
 
     ``samples`` (shard-reader dicts) replaces reading ``shards`` (tests, demos); ``stop_after`` ends this
     call after that many steps without writing the bundle (a simulated kill; rerun to resume).
@@ -106,15 +106,10 @@ def run_training(tc: TrainConfig, shards: str, out: str, *, ckpt_dir: str | None
     cfg = pipe.config
     cache = Path(cache_dir) if cache_dir else Path(str(out).rstrip("/") + ".cache")
     ckpt = ckpt_dir or (str(out).rstrip("/") + ".ckpt")
-    if vae_steps is None:
-        from components.train.vae_fit import default_vae_steps
-
-        vae_steps = default_vae_steps(tc.preset, has_pretrained=bool(cfg.vae.pretrained_path) or bool(init))
-    vae_fit = None
-    if vae_steps > 0:
-        # Before the latent cache: the cache key hashes the VAE weights, so fitted latents never mix
-        # with random-VAE ones.
-        vae_fit = _fit_vae_once(pipe, samples, vae_steps, tc.seed, Path(ckpt) / "vae-fit", rank, world, logger)
+    vae_fit = _use_vae(pipe, vae_dir) if vae_dir else None
+    if vae_fit is None and not init and not cfg.vae.pretrained_path:
+        print("warning: training on a random-weight VAE (no --vae); fit one with `python -m components.vae`",
+              file=sys.stderr)
 
     def build() -> dict:
         return {F: ClipLatentDataset(samples, cfg, F, pipe.vae, pipe.text_encoder, cache)
@@ -152,47 +147,18 @@ def run_training(tc: TrainConfig, shards: str, out: str, *, ckpt_dir: str | None
     return summary
 
 
-def _fit_vae_once(pipe: Any, samples: list[dict], steps: int, seed: int, vae_dir: Path, rank: int, world: int,
-                  logger: Any) -> dict:
-    """Fit ``pipe.vae`` on ``samples`` (rank 0) and save it to ``vae_dir``; every rank then loads it.
+def _use_vae(pipe: Any, vae_dir: str) -> dict:
+    """Load the fitted VAE in ``vae_dir`` into ``pipe``; returns its fit summary for the bundle info.
 
-    A rerun of the same command (a resume) finds ``vae_dir/fit.json`` with the same key and reuses the
-    saved VAE instead of fitting again, so the resumed run trains on exactly the same latents.
-    Returns the fit report (PSNR before/after, last loss, ``reused``), JSON-able for the bundle info.
+    Loaded strictly (config + weights + latent statistics), so the latents this run trains on are the
+    ones the bundle's VAE produces at serving time. The cache key of the latent cache hashes these weights.
     """
-    import hashlib
-
-    import torch
-
-    from components.train.data import _module_digest
-    from components.train.vae_fit import clips_from_samples, fit_vae
-    from model.checkpoint import atomic_directory
     from model.encoders.vae import load_vae
 
-    cfg = pipe.config
-    ids = hashlib.sha1("\n".join(sorted(str(s.get("id")) for s in samples)).encode()).hexdigest()[:16]
-    # the starting VAE (random init of this seed, or an --init bundle's), the clips and the budget
-    key = {"steps": steps, "seed": seed, "preset": cfg.name, "clips": ids, "vae_init": _module_digest(pipe.vae)}
-    meta = vae_dir / "fit.json"
-    reused = False
-    if rank == 0:
-        old = json.loads(meta.read_text()) if meta.is_file() else None
-        reused = old is not None and old.get("key") == key
-        if not reused:
-            clips = clips_from_samples(samples, cfg.video_height, cfg.video_width)
-            fpw = cfg.vae.num_raw_frames(2)  # 1 + t_stride frames: one causal step past the first frame
-            r = fit_vae(pipe.vae, clips, steps=steps, seed=seed, frames_per_sample=fpw, progress=True,
-                        logger=logger)
-            report = {"steps": steps, "psnr_before": r["psnr_before"], "psnr_after": r["psnr_after"],
-                      "final_loss": r["losses"][-1] if r["losses"] else None, "held_out": r["held_out"]}
-            with atomic_directory(vae_dir) as tmp:
-                pipe.vae.save_to(tmp)
-                (tmp / "fit.json").write_text(json.dumps({"key": key, "report": report}, indent=2))
-    if world > 1:
-        torch.distributed.barrier()
-    saved = json.loads(meta.read_text())
-    pipe.vae = load_vae(vae_dir, cfg.vae, device=pipe.device).eval()
-    return {**saved["report"], "reused": reused}
+    d = Path(vae_dir)
+    pipe.vae = load_vae(d, pipe.config.vae, device=pipe.device).eval()
+    fit = json.loads((d / "fit.json").read_text()) if (d / "fit.json").is_file() else {}
+    return {k: fit.get(k) for k in ("steps", "psnr_before", "psnr_after", "key", "reused")} | {"dir": str(d)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.steps < 1:
         print(f"error: --steps must be >= 1, got {a.steps}", file=sys.stderr)
         return 2
-    if a.vae_steps < -1:
-        print(f"error: --vae-steps must be >= -1, got {a.vae_steps}", file=sys.stderr)
+    if a.vae is not None and not (Path(a.vae) / "config.json").is_file():
+        print(f"error: --vae {a.vae!r} is not a VAE folder (no config.json); write one with "
+              "`python -m components.vae`", file=sys.stderr)
         return 2
     if a.latent_frames is None and not a.train_config_json:
         # Default clip length: the most latent frames every clip supplies (several chunks when the data
@@ -229,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     with logger_from_args(a, "train") as logger:
         summary = run_training(tc, a.shards, a.out, ckpt_dir=a.ckpt_dir, cache_dir=a.cache_dir, init=a.init,
                                max_clips=a.max_clips, logger=logger,
-                               vae_steps=None if a.vae_steps == -1 else a.vae_steps)
+                               vae_dir=a.vae)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"out": a.out, "steps": summary["steps"],
                           "final_loss": summary["losses"][-1] if summary["losses"] else None}))

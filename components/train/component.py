@@ -9,6 +9,7 @@ from components.common.paths import image_for
 @dsl.component(base_image=image_for("train"), install_kfp_package=False)
 def train(
     shards: Input[Dataset],
+    vae: Input[Model],
     model: Output[Model],
     preset: str = "small",
     steps: int = 200,
@@ -22,6 +23,7 @@ def train(
 
     Args:
         shards: Annotated shards folder.
+        vae: Fitted VAE folder from the vae step (its latents are what the world model learns).
         model: Output model bundle folder.
         preset: Model preset (tiny, small, sana_wm_2b6).
         steps: Optimizer steps.
@@ -31,7 +33,7 @@ def train(
         parent_run_id: MLflow run to nest this step under.
         experiment: MLflow experiment name.
     """
-    argv = ["--shards", shards.path, "--preset", preset, "--steps", steps, "--out", model.path]
+    argv = ["--shards", shards.path, "--vae", vae.path, "--preset", preset, "--steps", steps, "--out", model.path]
     if cluster:
         import json
 

@@ -1,9 +1,12 @@
 """Video VAE wrapper: pixels (B,3,N,H,W) in [-1,1] <-> normalised latents (B,C,F,h,w).
 
 Both backends are diffusers' causal video VAEs, so the frame rule is N = 1 + t_stride * (F - 1):
-  * ``wan``  -> ``AutoencoderKLWan`` with a tiny config (random weights unless ``pretrained_path``);
   * ``ltx2`` -> ``AutoencoderKLLTX2Video`` (the LTX-2 video VAE in diffusers 0.42; the paper's stage-1
-    latent space), loaded from a local directory only because weights cannot be downloaded here.
+    latent space). With ``pretrained_path`` the real checkpoint is loaded from a local directory (weights
+    are never downloaded); without it a *tiny* configuration of the same class is built from the
+    ``VAEConfig`` strides (``tiny_ltx2_kwargs``) and fitted by the pipeline's ``vae`` step
+    (``components.vae``), so the CPU presets and the paper preset share one code path;
+  * ``wan``  -> ``AutoencoderKLWan`` with a tiny config (random weights unless ``pretrained_path``).
 
 We encode with the posterior *mode* (= mean of the diagonal Gaussian): the world model learns a
 deterministic image->latent map, and sampling the posterior would only add noise to the conditioning
@@ -20,7 +23,7 @@ from torch import nn
 
 from model.config import VAEConfig
 
-__all__ = ["VideoVAE", "build_vae", "load_vae"]
+__all__ = ["VideoVAE", "build_vae", "load_vae", "tiny_ltx2_kwargs"]
 
 
 class VideoVAE(nn.Module):
@@ -94,6 +97,51 @@ def _tiny_wan_kwargs(cfg: VAEConfig) -> dict:
     }
 
 
+def _log2(n: int, what: str) -> int:
+    if n < 1 or n & (n - 1):
+        raise ValueError(f"{what} must be a power of 2 for a tiny AutoencoderKLLTX2Video, got {n}")
+    return n.bit_length() - 1
+
+
+def tiny_ltx2_kwargs(cfg: VAEConfig) -> dict:
+    """``AutoencoderKLLTX2Video`` kwargs of a small random-weight VAE with ``cfg``'s strides.
+
+    Geometry: a ``patch_size`` = min(4, s) space-to-depth patchify (what LTX-2 itself does first), then one
+    down block per remaining factor of 2, paired as "spatiotemporal" where both axes still need one,
+    otherwise "temporal" / "spatial". Widths: the encoder's first stage runs at ``latent_channels`` (the
+    class fixes that), block ``i`` outputs ``base_dim * 2**i`` (capped so LTX-2's channel-averaging
+    residual of the downsampler stays an integer group). The decoder mirrors the encoder with residual
+    upsamplers (depth-to-space shortcut) and upsample factor 1, so no stage loses width on the way up.
+    """
+    s, t, c = cfg.spatial_stride, cfg.temporal_stride, cfg.latent_channels
+    patch = min(4, s)
+    n_sp, n_t = _log2(s // patch, "spatial_stride / patch_size"), _log2(t, "VAEConfig.temporal_stride")
+    n_st = min(n_sp, n_t)
+    kinds = ["spatiotemporal"] * n_st + ["temporal"] * (n_t - n_st) + ["spatial"] * (n_sp - n_st)
+    prod = {"spatiotemporal": 8, "temporal": 2, "spatial": 4}
+    widths, width_in = [], c
+    for i, k in enumerate(kinds):
+        w = min(cfg.base_dim * 2**i, width_in * prod[k])
+        if w % prod[k] or (width_in * prod[k]) % w:
+            raise ValueError(f"VAEConfig: tiny LTX-2 block {i} ({k}) cannot map {width_in} -> {w} channels; "
+                             f"use powers of 2 for latent_channels ({c}) and base_dim ({cfg.base_dim})")
+        widths.append(w)
+        width_in = w
+    if not kinds:  # stride 1 x patch only: one plain block keeps the class's layout valid
+        kinds, widths = ["spatial"], [c]
+    n = len(kinds)
+    layers = (cfg.num_layers,) * (n + 1)
+    return {
+        "latent_channels": c, "patch_size": patch, "patch_size_t": 1,
+        "block_out_channels": tuple(widths), "down_block_types": ("LTX2VideoDownBlock3D",) * n,
+        "layers_per_block": layers, "spatio_temporal_scaling": (True,) * n, "downsample_type": tuple(kinds),
+        "decoder_block_out_channels": tuple(widths), "decoder_layers_per_block": layers,
+        "decoder_spatio_temporal_scaling": (True,) * n, "decoder_inject_noise": (False,) * (n + 1),
+        "upsample_type": tuple(reversed(kinds)),  # the decoder indexes this in its own (reversed) order
+        "upsample_residual": (True,) * n, "upsample_factor": (1,) * n, "timestep_conditioning": False,
+    }
+
+
 def _diffusers_class(kind: str) -> type:
     import diffusers
 
@@ -141,11 +189,11 @@ def _build_wan(cfg: VAEConfig) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 def _build_ltx2(cfg: VAEConfig) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     from diffusers import AutoencoderKLLTX2Video
 
-    if not cfg.pretrained_path:
-        raise ValueError("VAEConfig.kind='ltx2' needs pretrained_path (a local diffusers directory of the "
-                         "LTX-2 video VAE); weights are never downloaded at run time")
-    vae = AutoencoderKLLTX2Video.from_pretrained(_existing_dir(cfg.pretrained_path, "VAEConfig.pretrained_path"),
-                                                 low_cpu_mem_usage=False)  # no accelerate here
+    if cfg.pretrained_path:
+        vae = AutoencoderKLLTX2Video.from_pretrained(
+            _existing_dir(cfg.pretrained_path, "VAEConfig.pretrained_path"), low_cpu_mem_usage=False)  # no accelerate
+    else:  # a tiny random-weight LTX-2 VAE; components.vae fits it before the world model trains
+        vae = AutoencoderKLLTX2Video(**tiny_ltx2_kwargs(cfg))
     _check_strides(cfg, *_strides(vae, "ltx2"), "AutoencoderKLLTX2Video")
     return vae, *_stats(vae, "ltx2")
 
@@ -174,9 +222,8 @@ def build_vae(cfg: VAEConfig, device: str | torch.device = "cpu") -> VideoVAE:
     if cfg.kind not in builders:
         raise ValueError(f"VAEConfig.kind must be one of {sorted(builders)}, got {cfg.kind!r}")
     if device.type == "meta":
-        if cfg.pretrained_path or cfg.kind != "wan":
-            raise ValueError("build_vae(device='meta') only builds random-weight configs (kind='wan', "
-                             "no pretrained_path)")
+        if cfg.pretrained_path:
+            raise ValueError("build_vae(device='meta') only builds random-weight configs (no pretrained_path)")
         with torch.device("meta"):
             vae, mean, std = builders[cfg.kind](cfg)
     else:

@@ -152,3 +152,28 @@ def test_write_clip_and_dataset(tmp_path, clips):
         assert (tmp_path / "ds" / f"{r['id']}.npz").exists()
     with pytest.raises(ValueError, match="unknown trajectory kinds"):
         generate_dataset(tmp_path / "bad", 1, seed=0, kinds=["teleport"], progress=False)
+
+
+def test_heldout_split_has_unseen_scenes_and_an_unseen_trajectory_class(tmp_path):
+    from components.ingest.__main__ import main as ingest_main
+
+    common = ["--seed", "0", "--height", "16", "--width", "16", "--no-progress", "--holdout-kinds", "turn"]
+    assert ingest_main(["--synthetic", "7", "--frames", "3", *common, "--out", str(tmp_path / "train")]) == 0
+    assert ingest_main(["--synthetic", "2", "--frames", "7", *common, "--split", "heldout",
+                        "--out", str(tmp_path / "heldout")]) == 0
+    rows = {s: [json.loads(x) for x in (tmp_path / s / "manifest.jsonl").read_text().splitlines()]
+            for s in ("train", "heldout")}
+    assert "turn" not in {r["kind"] for r in rows["train"]}
+    assert rows["heldout"][0]["kind"] == "turn" and {r["split"] for r in rows["heldout"]} == {"heldout"}
+    # same --seed, yet no held-out scene seed or id is a training one (a separate seed stream)
+    assert not {r["seed"] for r in rows["train"]} & {r["seed"] for r in rows["heldout"]}
+    assert not {r["id"] for r in rows["train"]} & {r["id"] for r in rows["heldout"]}
+    assert all(r["frames"] == 7 for r in rows["heldout"])
+
+
+def test_holdout_kinds_that_leave_no_training_kind_are_a_clear_error(tmp_path, capsys):
+    from components.ingest.__main__ import main as ingest_main
+
+    assert ingest_main(["--synthetic", "1", "--kinds", "turn", "--holdout-kinds", "turn", "--no-progress",
+                        "--out", str(tmp_path)]) == 2
+    assert "leave no trajectory kind for training" in capsys.readouterr().err

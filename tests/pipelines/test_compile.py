@@ -12,12 +12,14 @@ from pipelines.compile import compile_all
 from pipelines.dags import GPU_STEPS, PipelineMeta, build_pipeline
 
 # Annotation fans out: annotate-plan -> for-loop-1 (a sub-DAG of annotate-group tasks) -> annotate-merge,
-# whose shards every later step reads.
+# whose shards training reads. The held-out split is ingest-2 -> annotate (one batch task), read only by
+# evaluate; the vae step fits on the training shards and train encodes with it.
 FULL_EDGES = {("annotate-plan", "ingest"), ("for-loop-1", "annotate-plan"), ("for-loop-1", "ingest"),
-              ("annotate-merge", "for-loop-1"),
+              ("annotate-merge", "for-loop-1"), ("annotate", "ingest-2"),
+              ("vae", "annotate-merge"), ("train", "vae"),
               ("train", "annotate-merge"), ("distill", "train"), ("distill", "annotate-merge"),
               ("quantize", "distill"), ("quantize", "annotate-merge"), ("evaluate", "quantize"),
-              ("evaluate", "annotate-merge"), ("register", "evaluate"),
+              ("evaluate", "annotate"), ("register", "evaluate"),
               ("register", "quantize"), ("deploy", "register")}
 
 

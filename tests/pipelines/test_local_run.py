@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-STEPS = ("ingest", "annotate", "train", "distill", "quantize", "evaluate", "register", "deploy")
+STEPS = ("ingest", "annotate", "vae", "train", "distill", "quantize", "evaluate", "register", "deploy")
 TINY_PARAMS = {"preset": "tiny", "ingest": {"num_clips": 3, "seed": 0, "height": 64, "width": 64, "frames": 17},
+               "heldout": {"num_clips": 1, "frames": 37, "holdout_kinds": "turn"}, "vae": {"steps": 3, "lr": 0.0005},
                "train": {"steps": 2}, "distill": {"ode_steps": 4, "dmd_steps": 1, "teacher_steps": 4}, "evaluate": {"num_clips": 1}, "register": {"model_name": "sana-wm-tiny"}}
 
 
@@ -43,7 +44,12 @@ def test_outputs_and_summary(project):
     assert "mlflow ui --backend-store-uri sqlite:///" in out
     assert (root / "data/outputs/video.mp4").stat().st_size > 0
     assert (root / "data/outputs/contact_sheet.png").stat().st_size > 0
-    assert json.loads((root / "data/eval/metrics.json").read_text())["num_clips"] == 1
+    metrics = json.loads((root / "data/eval/metrics.json").read_text())
+    assert metrics["num_clips"] == 1 and metrics["vae_psnr_db"] > 0
+    assert metrics["num_frames"] == 37  # evaluate reads the (longer) held-out clips, not training shards
+    assert json.loads((root / "data/models/vae/fit.json").read_text())["steps"] == 3
+    assert list((root / "data/heldout").glob("*.tar"))
+    assert list((root / "data/cache/vae").iterdir())  # the fit is cached for the next run
     assert (root / "data/triton/sana_wm/config.pbtxt").read_text().count(str(root / "data/outputs/bundle")) == 1
 
 

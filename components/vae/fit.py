@@ -1,21 +1,26 @@
-"""Fit a random-weight video VAE on the training clips before the world model trains on its latents.
+"""Fit a random-weight video VAE on the training clips (the pipeline's ``vae`` step).
 
-The local presets build diffusers' ``AutoencoderKLWan`` with random weights (real weights cannot be
-downloaded here), and a random decoder turns any latent into noise. ``fit_vae`` trains that VAE as a
-plain reconstruction autoencoder on short random windows of the clips, then measures per-channel
-latent statistics and stores them where ``VideoVAE`` reads them (the diffusers config lists
-``latents_mean`` / ``latents_std``, plus the wrapper's buffers), so the DiT sees ~unit-variance latents.
+The CPU presets build a tiny diffusers ``AutoencoderKLLTX2Video`` (the class of the paper's VAE) with
+random weights, because real weights cannot be downloaded here, and a random decoder turns every latent
+into noise. ``fit_vae`` trains it as a plain reconstruction autoencoder on random windows of the clips,
+then measures per-channel latent statistics and stores them where ``VideoVAE`` reads them (LTX-2: the
+persistent ``latents_mean`` / ``latents_std`` buffers; Wan: its config lists), so the DiT sees
+~unit-variance latents.
 
 Choices (and why):
   * the encoder output is the posterior *mode*, with no KL term: ``VideoVAE.encode`` uses the mode, so
     training on it fits exactly the map the world model later sees; the latent scale it drifts to is
     undone by the per-channel normalisation;
+  * the loss is computed on the *raw* decoder output: ``VideoVAE.decode`` clamps to [-1, 1] for display,
+    and a clamp inside the loss has zero gradient wherever the output overshoots (diffusers' Wan VAE
+    clamps inside ``decode`` itself, which is one reason the old Wan fit stalled);
   * windows have ``1 + t_stride*k`` frames (the causal frame rule), and every step also reconstructs a
     batch of single frames: the causal VAE encodes frame 0 alone, which is the world model's
     conditioning image, so it must reconstruct well on its own;
-  * loss = L1 + MSE on pixels in [-1, 1] (L1 for sharpness, MSE for what PSNR measures);
-  * when there are >= 2 clips, ``ceil(n/8)`` clips are held out for the PSNR report, so the figure
-    measures generalisation to unseen clips and not memorisation.
+  * loss = MSE + 0.5 L1 on pixels in [-1, 1] (MSE is what PSNR measures, L1 for sharpness);
+  * when there are >= 2 clips, ``ceil(n/8)`` clips are held out for the PSNR curve, so the figure
+    measures generalisation to unseen clips and not memorisation (the pipeline's separate held-out
+    set is only read by ``components.evaluate``).
 """
 
 from __future__ import annotations
@@ -31,17 +36,15 @@ import torch.nn.functional as F
 from model.encoders.vae import VideoVAE
 
 __all__ = ["DEFAULT_VAE_STEPS", "clips_from_samples", "default_vae_steps", "fit_vae", "latent_stats",
-           "reconstruction_psnr"]
+           "reconstruction_psnr", "video_psnr"]
 
-# Steps sized so the fit takes ~2 min (small) / ~15 s (tiny) on 2 shared CPU cores with fit_vae's
-# defaults (4 windows of 5 frames + 4 single frames, 32x32 crops): measured 0.4-0.6 s/step (small,
-# OMP_NUM_THREADS=1, machine shared) plus ~12 s (small, 8 clips x 33 frames) of whole-frame
-# PSNR/statistics passes.
-DEFAULT_VAE_STEPS = {"tiny": 30, "small": 200}
+# Default step budgets of ``python -m components.vae`` when ``--steps`` is not given (params.yaml's
+# ``vae.steps`` is what the pipeline passes).
+DEFAULT_VAE_STEPS = {"tiny": 30, "small": 600}
 
 
 def default_vae_steps(preset: str, has_pretrained: bool) -> int:
-    """``--vae-steps`` auto value: 0 for a VAE with pretrained weights, else the preset's budget
+    """``--steps`` auto value: 0 for a VAE with pretrained weights, else the preset's budget
     (``DEFAULT_VAE_STEPS``; presets not listed there, e.g. the 2.6B one, never fit: they load weights)."""
     if has_pretrained:
         return 0
@@ -107,6 +110,17 @@ def reconstruction_psnr(vae: VideoVAE, windows: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+def video_psnr(vae: VideoVAE, frames: np.ndarray) -> float:
+    """PSNR (dB, 8-bit peak) of ``vae``'s round trip of one uint8 (N,H,W,3) clip, N = 1 + t_stride*k, at
+    the clip's size (a multiple of the spatial stride). What ``components.evaluate`` reports as
+    ``vae_psnr_db``; frames are quantised back to uint8 first, as a served video would be."""
+    x = _to_unit(frames, "frames")[None]
+    rec = ((vae.decode(vae.encode(x)) + 1) * 127.5).round().clamp(0, 255)
+    mse = F.mse_loss(rec / 255.0, torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None].float() / 255.0)
+    return 10 * math.log10(1.0 / max(mse.item(), 1e-10))
+
+
+@torch.no_grad()
 def latent_stats(vae: VideoVAE, clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std (C,) of the raw (un-normalised) posterior-mode latents of ``clips``
     ((3,N,H,W) each, trimmed to 1 + t_stride*k frames), pooled over frames and positions."""
@@ -126,44 +140,70 @@ def latent_stats(vae: VideoVAE, clips: list[torch.Tensor]) -> tuple[torch.Tensor
 
 
 def _set_stats(vae: VideoVAE, mean: torch.Tensor, std: torch.Tensor) -> None:
-    # The diffusers config is what save_to writes and load_vae reads back (model.encoders.vae._stats);
-    # the wrapper's non-persistent buffers are what encode/decode use in this process.
-    vae.vae.register_to_config(latents_mean=[float(x) for x in mean], latents_std=[float(x) for x in std])
+    # What save_to writes and load_vae reads back (model.encoders.vae._stats): LTX-2 keeps the statistics
+    # as persistent buffers of the diffusers model, Wan as config lists. The wrapper's non-persistent
+    # buffers are what encode/decode use in this process.
+    if vae.cfg.kind == "ltx2":
+        vae.vae.latents_mean.copy_(mean.to(vae.vae.latents_mean))
+        vae.vae.latents_std.copy_(std.to(vae.vae.latents_std))
+    else:
+        vae.vae.register_to_config(latents_mean=[float(x) for x in mean], latents_std=[float(x) for x in std])
     vae.latents_mean.copy_(mean.reshape(vae.latents_mean.shape))
     vae.latents_std.copy_(std.reshape(vae.latents_std.shape))
 
 
-def fit_vae(vae: VideoVAE, clips: list[np.ndarray], steps: int, lr: float = 1e-3, batch: int = 4,
+@torch.no_grad()
+def _preview(vae: VideoVAE, window: torch.Tensor) -> np.ndarray:
+    """uint8 (N,H,W,3) reconstruction of one (3,N,H,W) window in [-1, 1]."""
+    rec = vae.decode(vae.encode(window[None]))[0]
+    return ((rec.permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 10 % of ``lr``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def fit_vae(vae: VideoVAE, clips: list[np.ndarray], steps: int, lr: float = 5e-4, batch: int = 4,
             frames_per_sample: int = 5, seed: int = 0, progress: bool = False, logger: Any = None,
-            crop: int | None = 32, eval_windows: int = 4, log_every: int = 10) -> dict[str, Any]:
+            crop: int | None = 32, eval_windows: int = 4, eval_frames: int | None = None, eval_every: int = 0,
+            log_every: int = 10, warmup: int | None = None) -> dict[str, Any]:
     """Train ``vae`` (in place) to reconstruct ``clips``, then set its latent normalisation statistics.
 
     Args:
-        vae: a ``VideoVAE`` wrapping diffusers' ``AutoencoderKLWan`` (``kind="wan"``); left in eval mode.
+        vae: a ``VideoVAE`` (tiny ``AutoencoderKLLTX2Video`` or ``AutoencoderKLWan``); left in eval mode.
         clips: uint8 (N_i,H,W,3) clips, H and W multiples of the VAE's spatial stride, all the same size,
             each with at least ``frames_per_sample`` frames.
         steps: optimizer steps (0 = only (re)compute the statistics and the PSNR).
-        lr: AdamW learning rate (cosine-decayed to 10% over ``steps``).
+        lr: AdamW peak learning rate (linear warm-up, then cosine-decayed to 10 % over ``steps``).
         batch: windows per step; the step also reconstructs ``batch`` single frames.
         crop: train on random ``crop`` x ``crop`` patches (a multiple of the spatial stride; None = whole
-            frames). The VAE is fully convolutional (its mid attention is per frame), so patches teach
-            the same map at ~1/6 of the cost of 64x96 frames on CPU; the PSNR is measured on whole frames.
-        frames_per_sample: window length N = 1 + t_stride*k (e.g. 5 for stride 4).
+            frames). The VAE is fully convolutional, so patches teach the same map at a fraction of the
+            cost of whole frames on CPU; the PSNR is always measured on whole frames.
+        frames_per_sample: training window length N = 1 + t_stride*k (e.g. 5 for stride 4).
         seed: fixes window sampling and the held-out choice (the run is deterministic for a given
             thread count).
         progress: show a tqdm bar.
-        logger: optional tracking logger (``log_metrics``): ``vae/loss`` every ``log_every`` steps, then
-            ``vae/psnr_before``, ``vae/psnr_after``.
+        logger: optional tracking logger (``log_metrics``): ``vae/loss`` every ``log_every`` steps,
+            ``vae/psnr_heldout`` at every curve point, then ``vae/psnr_before`` and ``vae/psnr_after``.
         eval_windows: number of held-out windows the PSNR is averaged over.
+        eval_frames: frames per held-out window (1 + t_stride*k; default: the longest every held-out
+            clip holds, so the figure covers the causal first frame and several latent frames).
+        eval_every: also measure the held-out PSNR every this many steps (the reconstruction curve;
+            0 = only before and after).
+        warmup: warm-up steps (default 5 % of ``steps``).
     Returns:
-        {"losses": [float]*steps, "psnr_before": dB, "psnr_after": dB, "held_out": bool (False when
-        there is a single clip, so the eval windows come from training data), "latents_mean": [C],
-        "latents_std": [C], "steps", "train_clips", "eval_clips", "seconds": wall time per phase (for reports)}.
+        {"losses": [float]*steps, "psnr_before": dB, "psnr_after": dB, "curve": [[step, dB], ...],
+        "held_out": bool (False when there is a single clip, so the eval windows come from training
+        data), "latents_mean": [C], "latents_std": [C], "steps", "train_clips", "eval_clips", "seconds":
+        wall time per phase, "preview": {"target", "before", "after"} uint8 (N,H,W,3) arrays of the first
+        held-out window (not JSON: the caller draws it)}.
     """
     from tqdm.auto import tqdm
 
-    if vae.cfg.kind != "wan":
-        raise ValueError(f"fit_vae trains diffusers' AutoencoderKLWan (VAEConfig.kind='wan'), got {vae.cfg.kind!r}")
     if steps < 0 or batch < 1 or lr <= 0:
         raise ValueError(f"fit_vae: need steps >= 0, batch >= 1, lr > 0; got steps={steps}, batch={batch}, lr={lr}")
     vae.cfg.num_latent_frames(frames_per_sample)  # raises naming the 1 + stride*k rule
@@ -185,47 +225,68 @@ def fit_vae(vae: VideoVAE, clips: list[np.ndarray], steps: int, lr: float = 1e-3
     order = torch.randperm(len(px), generator=g).tolist()
     n_eval = math.ceil(len(px) / 8) if len(px) >= 2 else 0
     eval_clips = [px[i] for i in order[:n_eval]] or px
-    train_clips = [px[i] for i in order[n_eval:]]
-    eval_set = _windows(eval_clips, frames_per_sample, eval_windows, torch.Generator().manual_seed(seed + 1))
+    train_clips = [px[i] for i in order[n_eval:]] or px
+    ts = vae.cfg.temporal_stride
+    longest = 1 + ts * ((min(c.shape[1] for c in eval_clips) - 1) // ts)
+    eval_n = min(eval_frames or longest, longest)
+    vae.cfg.num_latent_frames(eval_n)
+    eval_set = _windows(eval_clips, eval_n, eval_windows, torch.Generator().manual_seed(seed + 1))
 
     vae.eval()
     t0 = time.perf_counter()
     psnr_before = reconstruction_psnr(vae, eval_set)
+    preview = {"target": _preview_target(eval_set[0]), "before": _preview(vae, eval_set[0])}
+    curve = [[0, psnr_before]]
     t1 = time.perf_counter()
     losses: list[float] = []
     if steps:
         params = [p for p in vae.vae.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=0.1 * lr)
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
+        warm = max(1, round(0.05 * steps)) if warmup is None else max(1, warmup)
         vae.vae.train()
         bar = tqdm(range(steps), desc="vae fit", disable=not progress, dynamic_ncols=True)
         for step in bar:
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, steps, lr, warm)
             win = _windows(train_clips, frames_per_sample, batch, g, crop)
             single = _windows(train_clips, 1, batch, g, crop)
             loss = torch.zeros(())
             for x in (win, single):
                 rec = _recon(vae, x)
-                loss = loss + F.l1_loss(rec, x) + F.mse_loss(rec, x)
+                loss = loss + F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            sched.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
             if logger is not None and (step % log_every == 0 or step == steps - 1):
                 logger.log_metrics({"vae/loss": losses[-1]}, step=step)
+            if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
+                vae.vae.eval()
+                curve.append([step + 1, reconstruction_psnr(vae, eval_set)])
+                vae.vae.train()
+                if logger is not None:
+                    logger.log_metrics({"vae/psnr_heldout": curve[-1][1]}, step=step + 1)
         vae.vae.eval()
         opt.zero_grad(set_to_none=True)
 
     t2 = time.perf_counter()
-    mean, std = latent_stats(vae, train_clips or px)
+    mean, std = latent_stats(vae, train_clips)
     _set_stats(vae, mean, std)
     t3 = time.perf_counter()
     psnr_after = reconstruction_psnr(vae, eval_set)
+    preview["after"] = _preview(vae, eval_set[0])
+    curve.append([steps, psnr_after])
     seconds = {"psnr_before": t1 - t0, "train": t2 - t1, "stats": t3 - t2, "psnr_after": time.perf_counter() - t3}
     if logger is not None:
-        logger.log_metrics({"vae/psnr_before": psnr_before, "vae/psnr_after": psnr_after}, step=steps)
-    return {"losses": losses, "psnr_before": psnr_before, "psnr_after": psnr_after, "held_out": n_eval > 0,
-            "latents_mean": mean.tolist(), "latents_std": std.tolist(), "steps": steps,
-            "train_clips": len(train_clips), "eval_clips": n_eval, "seconds": seconds}
+        logger.log_metrics({"vae/psnr_heldout": psnr_after, "vae/psnr_before": psnr_before,
+                            "vae/psnr_after": psnr_after}, step=steps)
+    return {"losses": losses, "psnr_before": psnr_before, "psnr_after": psnr_after, "curve": curve,
+            "held_out": n_eval > 0, "latents_mean": mean.tolist(), "latents_std": std.tolist(), "steps": steps,
+            "train_clips": len(train_clips), "eval_clips": n_eval, "eval_frames": eval_n, "seconds": seconds,
+            "preview": preview}
+
+
+def _preview_target(window: torch.Tensor) -> np.ndarray:
+    return ((window.permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
