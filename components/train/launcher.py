@@ -31,8 +31,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from components.train.trainjob import (ClusterSpec, TrainJobRequest, build_request, job_name, run_paths,
-                                       train_config_from_params)
+from components.train.trainjob import (
+    ClusterSpec,
+    TrainJobRequest,
+    build_request,
+    job_name,
+    run_paths,
+    train_config_from_params,
+)
 
 COMPLETE, FAILED, RUNNING, CREATED = "Complete", "Failed", "Running", "Created"
 TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})
@@ -193,7 +199,7 @@ class TrainJobLauncher:
                         if n > printed.get(pod, 0):  # a restarted stream replays from the start
                             self.log(line.rstrip("\n"))
                             printed[pod] = n
-            except Exception as e:  # logs are best effort; status decides success
+            except Exception as e:  # noqa: BLE001 - logs are best effort; status decides success
                 if not is_transient(e) and not is_not_found(e):
                     self.log(f"[launcher] log stream: {type(e).__name__}: {e}")
             self._done.wait(self.poll_s)

@@ -225,10 +225,24 @@ def build_request(cfg: TrainConfig, cluster: ClusterSpec, *, name: str, paths: R
     """TrainerClient arguments for ``cfg`` on ``cluster``; ``tracking`` = env for MLflow in the pods
     (``MLFLOW_TRACKING_URI``, ``SANA_WM_PARENT_RUN_ID``, ``MLFLOW_EXPERIMENT_NAME``; empty values dropped)."""
     from kubeflow.trainer import CustomTrainerContainer
-    from kubeflow.trainer.options import (ActiveDeadlineSeconds, Annotations, ContainerPatch, JobSetSpecPatch,
-                                          JobSetTemplatePatch, JobSpecPatch, JobTemplatePatch, Labels, Name,
-                                          PodSpecPatch, PodTemplatePatch, ReplicatedJobPatch, RuntimePatch,
-                                          TrainerArgs, TrainerCommand, TrainingRuntimeSpecPatch)
+    from kubeflow.trainer.options import (
+        ActiveDeadlineSeconds,
+        Annotations,
+        ContainerPatch,
+        JobSetSpecPatch,
+        JobSetTemplatePatch,
+        JobSpecPatch,
+        JobTemplatePatch,
+        Labels,
+        Name,
+        PodSpecPatch,
+        PodTemplatePatch,
+        ReplicatedJobPatch,
+        RuntimePatch,
+        TrainerArgs,
+        TrainerCommand,
+        TrainingRuntimeSpecPatch,
+    )
 
     _require(cfg.deepspeed, "build_request: the cluster job runs the DeepSpeed engine; set TrainConfig.deepspeed=True")
     _require(bool(_DNS_LABEL.match(name)) and len(name) <= 40, f"TrainJob name must be a short DNS-1123 label, got {name!r}")

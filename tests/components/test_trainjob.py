@@ -7,9 +7,17 @@ import json
 import pytest
 
 from components.train.config import StageConfig, TrainConfig, paper_stages
-from components.train.trainjob import (ClusterSpec, build_request, job_name, render_trainjob, run_paths,
-                                       train_config_from_params, trainer_config, trainer_pod_spec,
-                                       validate_trainjob)
+from components.train.trainjob import (
+    ClusterSpec,
+    build_request,
+    job_name,
+    render_trainjob,
+    run_paths,
+    train_config_from_params,
+    trainer_config,
+    trainer_pod_spec,
+    validate_trainjob,
+)
 
 
 def _render(cfg=None, cluster=ClusterSpec(), run_id="0b8f9a52-run", tracking=None):
