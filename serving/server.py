@@ -445,9 +445,8 @@ def _build_with_triton_repo(bundle: Path, repo: Path, model_name: str, device: s
     build_repository(bundle, repo, model_name=model_name, device=device, project_root="")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m serving.server --repo DIR [--port 8000] [--host H] [--metrics-port P] [--follow-alias A]``:
-    serve until SIGTERM/Ctrl-C."""
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m serving.server`` flags (also what the Kubernetes manifests are checked against)."""
     ap = argparse.ArgumentParser(prog="python -m serving.server", description=__doc__.splitlines()[0])
     ap.add_argument("--repo", required=True, type=Path, help="Triton model repository directory")
     ap.add_argument("--port", type=int, default=8000, help="HTTP port (0 = pick a free one)")
@@ -467,16 +466,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poll-s", type=float, default=60.0, help="seconds between alias checks")
     ap.add_argument("--deployment", default=os.environ.get("HOSTNAME", "triton").rsplit("-", 2)[0],
                     help="name recorded in MLflow as serving.<deployment>.version")
-    args = ap.parse_args(argv)
+    return ap
 
-    args.repo.mkdir(parents=True, exist_ok=True) if args.follow_alias else None
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m serving.server --repo DIR [--port 8000] [--host H] [--metrics-port P] [--follow-alias A]``:
+    serve until SIGTERM/Ctrl-C."""
+    args = build_parser().parse_args(argv)
+
+    if args.follow_alias:
+        args.repo.mkdir(parents=True, exist_ok=True)
     follower = None
     if args.follow_alias:
         follower = ProductionFollower(args.repo, args.model_name, args.follow_alias, args.triton_model,
                                       args.tracking_uri, args.device, deployment=args.deployment)
         try:
-            follower.publish(v) if (v := follower.current()) else print(
-                f"no version of {args.model_name} has alias {args.follow_alias} yet; starting empty", flush=True)
+            v = follower.current()
+            if v:
+                follower.publish(v)
+            else:
+                print(f"no version of {args.model_name} has alias {args.follow_alias} yet; starting empty", flush=True)
         except Exception as err:  # noqa: BLE001 - the registry being down must not keep the server from starting
             print(f"[follower] initial fetch failed: {err}", file=sys.stderr, flush=True)
             v = None
