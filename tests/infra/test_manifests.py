@@ -125,7 +125,7 @@ def test_mlflow_runs_on_postgresql_with_an_s3_artifact_store(rendered):
     dep = _get(rendered, "Deployment", "mlflow")
     (c,) = dep["spec"]["template"]["spec"]["containers"]
     args = c["args"]
-    assert args[args.index("--backend-store-uri") + 1].startswith("postgresql://$(DB_USER):$(DB_PASSWORD)@mlflow-postgres")
+    assert args[args.index("--backend-store-uri") + 1].startswith("postgresql+psycopg2://$(DB_USER):$(DB_PASSWORD)@mlflow-postgres")
     assert args[args.index("--artifacts-destination") + 1].startswith("s3://")
     env = {e["name"]: e for e in c["env"]}
     assert env["MLFLOW_S3_ENDPOINT_URL"]["value"].startswith("http://mlflow-minio")
