@@ -8,7 +8,7 @@ PRESET  ?= small
 export PYTHONUTF8 := 1
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
-.PHONY: setup run test test-all compile clean-data help
+.PHONY: setup system-deps run test test-all compile images smoke-images clean-data help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -25,7 +25,16 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -q --no-deps "scenedetect==0.7.*" "flash-linear-attention==0.6.0"
 	@rm -f $(VENV)/.installed-*; touch $@
 
-setup: $(STAMP)  ## create .venv with every extra (idempotent)
+setup: $(STAMP) system-deps  ## create .venv with every extra + the system packages the tests use (idempotent)
+
+# Debian packages: PostgreSQL for the MLflow-on-PostgreSQL test (tests/infra); buildah/podman/debootstrap
+# for `make images`. Installed only when missing (needs root or sudo).
+SYSTEM_PKGS := postgresql buildah podman debootstrap
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+system-deps:  ## apt-get install the system packages above when any is missing
+	@missing=$$(for p in $(SYSTEM_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then echo "installing: $$missing"; \
+	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
 
 run: setup  ## run the whole DAG locally (KFP local runner, MLflow/SQLite, DVC, Triton) on PRESET
 	$(VPY) -m pipelines run --local --preset $(PRESET)
@@ -40,6 +49,17 @@ test-fast: setup  ## everything but the slow cases
 
 compile: setup  ## compile the KFP pipelines to versioned IR YAML under build/pipelines
 	$(VPY) -m pipelines compile --out build/pipelines
+
+# Step images without a registry (infra/build_image.sh). DEBIAN_MIRROR is a setting (default: the first mirror
+# of this machine's apt sources); TORCH_INDEX= (empty) builds with the CPU torch wheel, e.g. for the smoke run.
+DEBIAN_MIRROR ?= $(shell sed -n 's/^URIs: *//p;s/^deb  *\(http[^ ]*\) .*/\1/p' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | grep -v security | head -1)
+TORCH_INDEX   ?= https://download.pytorch.org/whl/cu128
+IMAGES        ?= pipelines annotate train serve
+images: system-deps  ## build the step images with buildah (debootstrap base) into build/images/*.tar
+	DEBIAN_MIRROR=$(DEBIAN_MIRROR) TORCH_INDEX=$(TORCH_INDEX) infra/build_image.sh $(IMAGES)
+
+smoke-images: setup  ## run the serve image's Triton with buildah run and answer one request (after `make images`)
+	PYTHON=$(VPY) infra/smoke_serve_image.sh
 
 clean-data:  ## remove local data, MLflow store and Triton repository
 	rm -rf data outputs build

@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("compile", help="compile the cluster-form DAGs to versioned KFP IR YAML")
     c.add_argument("--out", type=Path, default=Path("build/pipelines"))
     c.add_argument("--nodes", type=int, default=8, help="TrainJob nodes")
-    c.add_argument("--gpus-per-node", type=int, default=8, help="TrainJob GPUs (and MPI slots) per node")
+    c.add_argument("--gpus-per-node", type=int, default=8, help="TrainJob GPUs (and torchrun ranks) per node")
     r = sub.add_parser("run", help="run the full DAG")
     r.add_argument("--local", action="store_true", help="KFP local runner (the only runner here)")
     r.add_argument("--root", type=Path, default=Path.cwd(), help="project root holding params.yaml/data/")
@@ -28,11 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     if args.cmd == "compile":
-        from pipelines.cluster import default_settings, default_trainjob
+        from pipelines.cluster import default_settings
         from pipelines.compile import compile_all
 
-        settings = default_settings(trainjob=default_trainjob(num_nodes=args.nodes,
-                                                              gpus_per_node=args.gpus_per_node))
+        settings = default_settings(num_nodes=args.nodes, gpus_per_node=args.gpus_per_node)
         for path in compile_all(args.out, settings):
             print(path)
         return 0

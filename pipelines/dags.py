@@ -15,11 +15,20 @@ Only ``evaluate`` reads it. ``vae`` fits the presets' video VAE on the training 
 its latents with that VAE (``--vae``).
 Annotation fans out over ``annotate_groups`` clip groups (a pipeline parameter): one task per group, at
 most ``parallelism`` at once, merged back into the one shards artifact every later step reads.
-``ClusterSettings`` adds the kfp-kubernetes parts (1 GPU per GPU step, node selector, a data PVC) and
-switches the train step to submitting a Trainer v2 TrainJob; ``None`` leaves the graph plain, which
-is what the KFP local runner wants (it would ignore the Kubernetes parts with warnings anyway).
-Nothing here talks to a cluster: the TrainJob manifest is *built* at definition time and travels in
-the IR as a parameter constant; the train component submits it at run time.
+``ClusterSettings`` adds the kfp-kubernetes parts and switches the train step to a launcher; ``None``
+leaves the graph plain, which is what the KFP local runner wants (it would ignore the Kubernetes parts
+with warnings anyway). In cluster form every task gets
+
+* the data PVC, CPU/memory requests *and* limits, a non-root security context;
+* ``MLFLOW_TRACKING_URI`` from the ``sana-wm-tracking`` ConfigMap (infra/k8s), so a run started from
+  the UI with default parameters is tracked on the cluster's MLflow; a non-empty ``tracking_uri``
+  parameter still wins (``components.common.launch.run_step`` sets it over the env);
+* 1 GPU + the GPU node selector for distill/quantize/evaluate/deploy. The train task is a CPU-only
+  *launcher* (``components.train.launcher``): at run time it builds the TrainJob from the run's
+  parameters (preset, steps, lr, checkpoint cadence, stages) and the compile-time ``ClusterSpec``
+  (a JSON constant in the IR), names it after the KFP run id + task name, and is retried by KFP.
+
+Nothing here talks to a cluster.
 """
 
 # No `from __future__ import annotations`: KFP reads the pipeline functions' annotations as real types.
@@ -43,15 +52,19 @@ from components.train.component import train
 from components.vae.component import vae
 
 PIPELINE_NAMES = ("data", "train_to_serve", "full")
-GPU_STEPS = ("vae", "train", "distill", "quantize", "evaluate", "deploy")
+# Tasks whose pod needs a GPU. train is not one: its GPUs are the TrainJob's, its task only launches it.
+GPU_STEPS = ("vae", "distill", "quantize", "evaluate", "deploy")
+TRACKING_CONFIG_MAP = "sana-wm-tracking"  # infra/k8s/base/tracking.yaml
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
 
 
 @dataclass(frozen=True)
 class ClusterSettings:
     """Kubernetes placement for the cluster form of the DAG.
 
-    ``trainjob`` is the TrainJob manifest (dict) the train step submits; build it with
-    ``pipelines.cluster.build_trainjob_spec``.
+    ``train_cluster`` is the TrainJob placement (``components.train.trainjob.ClusterSpec.to_dict()``;
+    ``pipelines.cluster.default_settings`` fills it); the TrainJob itself is built at run time.
+    ``launcher_*`` size the train task's own pod, which only submits and follows the job.
     """
 
     gpus_per_step: int = 1
@@ -61,7 +74,14 @@ class ClusterSettings:
     pvc_mount: str = "/data"
     cpu_request: str = "4"
     memory_request: str = "32G"
-    trainjob: dict[str, Any] = field(default_factory=dict)
+    cpu_limit: str = "16"
+    memory_limit: str = "64G"
+    launcher_cpu: str = "500m"
+    launcher_memory: str = "1G"
+    launcher_retries: int = 3
+    train_cluster: dict[str, Any] = field(default_factory=dict)
+    tracking_config_map: str = TRACKING_CONFIG_MAP
+    run_as_user: int = 10001  # the images' unprivileged user (infra/images/Containerfile.base)
     annotate_parallelism: int = 16
     annotate_workers: int = 4
 
@@ -94,8 +114,17 @@ def _place(task: dsl.PipelineTask, step: str, cluster: ClusterSettings | None) -
         task.set_caching_options(False)  # side effects on the registry/server must always happen
     if cluster is None:
         return task
-    task.set_cpu_request(cluster.cpu_request).set_memory_request(cluster.memory_request)
+    if step == "train":  # the launcher: a small CPU pod, retried (a retry re-attaches to the same TrainJob)
+        task.set_cpu_request(cluster.launcher_cpu).set_memory_request(cluster.launcher_memory)
+        task.set_cpu_limit("2").set_memory_limit("4G")
+        task.set_retry(num_retries=cluster.launcher_retries, backoff_duration="60s", backoff_factor=2)
+    else:
+        task.set_cpu_request(cluster.cpu_request).set_memory_request(cluster.memory_request)
+        task.set_cpu_limit(cluster.cpu_limit).set_memory_limit(cluster.memory_limit)
     kubernetes.mount_pvc(task, pvc_name=cluster.pvc_name, mount_path=cluster.pvc_mount)
+    kubernetes.use_config_map_as_env(task, cluster.tracking_config_map, {TRACKING_ENV: TRACKING_ENV})
+    kubernetes.set_security_context(task, run_as_user=cluster.run_as_user, run_as_group=cluster.run_as_user,
+                                    run_as_non_root=True)
     if step in GPU_STEPS:
         task.set_accelerator_type(cluster.gpu_resource).set_accelerator_limit(cluster.gpus_per_step)
         kubernetes.add_node_selector(task, cluster.node_selector[0], cluster.node_selector[1])
@@ -130,14 +159,23 @@ def _data_tasks(num_clips, seed, source_dir, clip_hw_frames, groups, heldout, tr
     return _place(merge, "annotate", cluster), ann_h
 
 
-def _train_to_serve_tasks(shards, heldout, preset, steps, vae_fit, distill_steps, model_name, eval_clips,
+def _train_to_serve_tasks(shards, heldout, train_params, vae_fit, distill_steps, model_name, eval_clips,
                           keep_serving, tracking, cluster):
-    is_cluster = cluster is not None
     vae_steps, vae_lr, vae_cache = vae_fit
-    vf = _place(vae(shards=shards, preset=preset, steps=vae_steps, lr=vae_lr, cache_dir=vae_cache, **tracking),
-                "vae", cluster)
-    tr = train(shards=shards, vae=vf.outputs["vae"], preset=preset, steps=steps, cluster=is_cluster,
-               trainjob_spec=json.dumps(cluster.trainjob, sort_keys=True) if is_cluster else "", **tracking)
+    vf = _place(vae(shards=shards, preset=train_params["preset"], steps=vae_steps, lr=vae_lr, cache_dir=vae_cache,
+                    **tracking), "vae", cluster)
+    train_params = dict(train_params, vae=vf.outputs["vae"])
+    if cluster is not None:
+        if not cluster.train_cluster:
+            raise ValueError("ClusterSettings.train_cluster is empty; build settings with "
+                             "pipelines.cluster.default_settings()")
+        # Run id and task name are KFP placeholders, resolved per run: the job name and output folder.
+        tr = train(shards=shards, **train_params, cluster=True,
+                   cluster_spec=json.dumps(cluster.train_cluster, sort_keys=True),
+                   kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, kfp_task_name=dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
+                   **tracking)
+    else:
+        tr = train(shards=shards, **train_params, **tracking)
     _place(tr, "train", cluster)
     ode_steps, dmd_steps, teacher_steps = distill_steps
     ds = _place(distill(teacher=tr.outputs["model"], shards=shards, ode_steps=ode_steps, dmd_steps=dmd_steps,
@@ -151,9 +189,65 @@ def _train_to_serve_tasks(shards, heldout, preset, steps, vae_fit, distill_steps
     return _place(dp, "deploy", cluster)
 
 
+# What the KFP UI's run form shows beside each parameter (the pipeline docstring's Args become the IR's
+# parameter descriptions). Every parameter of every pipeline must have an entry (_document checks).
+PARAM_DOCS = {
+    "num_clips": "Synthetic clips to generate when source_dir is empty.",
+    "seed": "Seed for clip generation and sampling.",
+    "source_dir": "Folder of real videos to ingest (a path the ingest pod can read, e.g. on the data PVC); "
+                  "empty = synthetic clips.",
+    "clip_height": "Clip height in pixels after ingest.",
+    "clip_width": "Clip width in pixels after ingest.",
+    "clip_frames": "Raw frames per clip after ingest.",
+    "annotate_groups": "Clip groups annotated in parallel (one annotate-group task each).",
+    "heldout_clips": "Held-out clips (scenes from seeds training never sees) that evaluate reads.",
+    "heldout_frames": "Raw frames per held-out clip (at least 2x clip_frames, to measure extrapolation).",
+    "holdout_kinds": "Trajectory classes kept out of training and put first in the held-out set (comma list).",
+    "heldout_uri": "URI of an existing held-out shards folder (artifact store URI) to evaluate on.",
+    "vae_steps": "Optimizer steps of the VAE fit (the vae step).",
+    "vae_lr": "Learning rate of the VAE fit.",
+    "vae_cache_dir": "Folder caching VAE fits by data + config hash (empty = no cache).",
+    "shards_uri": "URI of an existing annotated shards folder (artifact store URI) to train on.",
+    "preset": "Model preset: tiny, small or sana_wm_2b6 (the 2.6 B paper model).",
+    "steps": "Optimizer steps. tiny/small: one stage of this many steps; sana_wm_2b6: the paper's four "
+             "progressive stages scaled to sum to this (0 = their full 16,600-step budget).",
+    "lr": "Peak learning rate of every stage (0 = the preset's).",
+    "checkpoint_every": "Steps between training checkpoints (0 = only at the end); a retried cluster train "
+                        "task resumes from the latest one.",
+    "stages_json": "Explicit training stages as a JSON list of {latent_frames, steps, batch_size, lr}; "
+                   "wins over steps and lr. Empty = the preset's schedule.",
+    "distill_ode_steps": "Distillation: ODE-regression steps of the few-step student.",
+    "distill_dmd_steps": "Distillation: DMD steps after the ODE stage.",
+    "distill_teacher_steps": "Distillation: sampling steps of the teacher when it makes ODE targets.",
+    "model_name": "MLflow registered model name (register sets @candidate, deploy sets @production).",
+    "eval_clips": "Clips the evaluate step generates and scores.",
+    "keep_serving": "Leave the deploy step's Triton running after the smoke request (until the task is stopped).",
+    "tracking_uri": "MLflow tracking URI. Empty = the cluster default from ConfigMap sana-wm-tracking "
+                    "(cluster form) or the embedded SQLite store (local run).",
+    "parent_run_id": "MLflow run id to nest every step's run under (empty = top-level runs).",
+    "experiment": "MLflow experiment name.",
+}
+
+
+def _document(fn: Callable, summary: str) -> Callable:
+    """Give ``fn`` a Google-style docstring whose Args are ``PARAM_DOCS`` (KFP turns them into descriptions)."""
+    import inspect
+
+    params = list(inspect.signature(fn).parameters)
+    missing = [p for p in params if p not in PARAM_DOCS]
+    if missing:
+        raise ValueError(f"pipeline {fn.__name__}: parameters without a description in PARAM_DOCS: {missing}")
+    fn.__doc__ = summary + "\n\nArgs:\n" + "".join(f"    {p}: {PARAM_DOCS[p]}\n" for p in params)
+    return fn
+
+
 def build_pipeline(name: str, cluster: ClusterSettings | None = None,
                    meta: PipelineMeta = PipelineMeta()) -> Callable:
-    """Return the ``@dsl.pipeline`` function for ``name`` (one of ``PIPELINE_NAMES``)."""
+    """Return the ``@dsl.pipeline`` function for ``name`` (one of ``PIPELINE_NAMES``).
+
+    Training defaults follow the form: locally the small preset for 200 steps; on a cluster the paper's
+    2.6 B schedule with a checkpoint every 500 steps.
+    """
     if name not in PIPELINE_NAMES:
         raise ValueError(f"unknown pipeline {name!r}; choose one of {PIPELINE_NAMES}")
     form = "cluster" if cluster is not None else "local"
@@ -162,6 +256,8 @@ def build_pipeline(name: str, cluster: ClusterSettings | None = None,
         display_name=f"SANA-WM {name} ({meta.stamp}, {form})",
         description=f"SANA-WM {name} pipeline; sana-wm-stack {meta.version}; git {meta.git_sha}; form {form}",
     )
+    d_preset, d_steps, d_ckpt = ("sana_wm_2b6", 0, 500) if cluster is not None else ("small", 200, 0)
+    summary = f"SANA-WM {name} pipeline ({form} form)."
 
     if name == "data":
         def data(num_clips: int = 8, seed: int = 0, source_dir: str = "", clip_height: int = 64,
@@ -171,10 +267,11 @@ def build_pipeline(name: str, cluster: ClusterSettings | None = None,
             tracking = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id, experiment=experiment)
             _data_tasks(num_clips, seed, source_dir, (clip_height, clip_width, clip_frames), annotate_groups,
                         (heldout_clips, heldout_frames, holdout_kinds), tracking, cluster)
-        return deco(data)
+        return deco(_document(data, summary))
 
     if name == "train_to_serve":
-        def train_to_serve(shards_uri: str, heldout_uri: str, preset: str = "small", steps: int = 200,
+        def train_to_serve(shards_uri: str, heldout_uri: str, preset: str = d_preset, steps: int = d_steps,
+                           lr: float = 0.0, checkpoint_every: int = d_ckpt, stages_json: str = "",
                            vae_steps: int = 600, vae_lr: float = 5e-4, vae_cache_dir: str = "",
                            distill_ode_steps: int = 60, distill_dmd_steps: int = 4, distill_teacher_steps: int = 20,
                            model_name: str = "sana-wm", eval_clips: int = 2, keep_serving: bool = False,
@@ -184,23 +281,28 @@ def build_pipeline(name: str, cluster: ClusterSettings | None = None,
             imp.set_display_name("shards")
             imp_h = dsl.importer(artifact_uri=heldout_uri, artifact_class=dsl.Dataset, reimport=False)
             imp_h.set_display_name("heldout")
-            _train_to_serve_tasks(imp.output, imp_h.output, preset, steps, (vae_steps, vae_lr, vae_cache_dir),
-                                  (distill_ode_steps, distill_dmd_steps, distill_teacher_steps), model_name, eval_clips, keep_serving,
-                                  tracking, cluster)
-        return deco(train_to_serve)
+            train_params = dict(preset=preset, steps=steps, lr=lr, checkpoint_every=checkpoint_every,
+                                stages_json=stages_json)
+            _train_to_serve_tasks(imp.output, imp_h.output, train_params, (vae_steps, vae_lr, vae_cache_dir),
+                                  (distill_ode_steps, distill_dmd_steps, distill_teacher_steps), model_name,
+                                  eval_clips, keep_serving, tracking, cluster)
+        return deco(_document(train_to_serve, summary))
 
     def full(num_clips: int = 8, seed: int = 0, source_dir: str = "", clip_height: int = 64,
              clip_width: int = 96, clip_frames: int = 33, annotate_groups: int = 2, heldout_clips: int = 2,
-             heldout_frames: int = 69, holdout_kinds: str = "turn", preset: str = "small",
-             steps: int = 200, vae_steps: int = 600, vae_lr: float = 5e-4, vae_cache_dir: str = "",
+             heldout_frames: int = 69, holdout_kinds: str = "turn", preset: str = d_preset,
+             steps: int = d_steps, lr: float = 0.0, checkpoint_every: int = d_ckpt, stages_json: str = "",
+             vae_steps: int = 600, vae_lr: float = 5e-4, vae_cache_dir: str = "",
              distill_ode_steps: int = 60, distill_dmd_steps: int = 4,
              distill_teacher_steps: int = 20, model_name: str = "sana-wm", eval_clips: int = 2, keep_serving: bool = False,
              tracking_uri: str = "", parent_run_id: str = "", experiment: str = "sana-wm"):
         tracking = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id, experiment=experiment)
-        ann, ann_h = _data_tasks(num_clips, seed, source_dir, (clip_height, clip_width, clip_frames), annotate_groups,
-                                 (heldout_clips, heldout_frames, holdout_kinds), tracking, cluster)
-        _train_to_serve_tasks(ann.outputs["shards"], ann_h.outputs["shards"], preset, steps,
+        ann, ann_h = _data_tasks(num_clips, seed, source_dir, (clip_height, clip_width, clip_frames),
+                                 annotate_groups, (heldout_clips, heldout_frames, holdout_kinds), tracking, cluster)
+        train_params = dict(preset=preset, steps=steps, lr=lr, checkpoint_every=checkpoint_every,
+                            stages_json=stages_json)
+        _train_to_serve_tasks(ann.outputs["shards"], ann_h.outputs["shards"], train_params,
                               (vae_steps, vae_lr, vae_cache_dir),
-                              (distill_ode_steps, distill_dmd_steps, distill_teacher_steps), model_name, eval_clips, keep_serving,
-                              tracking, cluster)
-    return deco(full)
+                              (distill_ode_steps, distill_dmd_steps, distill_teacher_steps), model_name, eval_clips,
+                              keep_serving, tracking, cluster)
+    return deco(_document(full, summary))

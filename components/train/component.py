@@ -1,4 +1,4 @@
-"""KFP interface for ``python -m components.train`` (local process or a Trainer v2 TrainJob)."""
+"""KFP interface for ``python -m components.train`` (local process) or its cluster launcher (a Trainer v2 TrainJob)."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
@@ -13,8 +13,13 @@ def train(
     model: Output[Model],
     preset: str = "small",
     steps: int = 200,
+    lr: float = 0.0,
+    checkpoint_every: int = 0,
+    stages_json: str = "",
     cluster: bool = False,
-    trainjob_spec: str = "",
+    cluster_spec: str = "",
+    kfp_run_id: str = "",
+    kfp_task_name: str = "",
     tracking_uri: str = "",
     parent_run_id: str = "",
     experiment: str = "",
@@ -26,25 +31,40 @@ def train(
         vae: Fitted VAE folder from the vae step (its latents are what the world model learns).
         model: Output model bundle folder.
         preset: Model preset (tiny, small, sana_wm_2b6).
-        steps: Optimizer steps.
-        cluster: Submit a Kubeflow Trainer v2 TrainJob instead of training in this pod.
-        trainjob_spec: JSON TrainJob manifest built at compile time (used when ``cluster``).
-        tracking_uri: MLflow tracking URI ('' = no tracking).
+        steps: Optimizer steps. Single-stage presets train one stage of this many steps; for sana_wm_2b6
+            the paper's four stages are scaled to sum to it (0 = their full budget, cluster form).
+        lr: Peak learning rate of every stage (0 = the preset's).
+        checkpoint_every: Steps between checkpoints (0 = only at the end).
+        stages_json: Explicit stages as a JSON list of {latent_frames, steps, batch_size, lr}; wins over steps/lr.
+        cluster: Run as a launcher that submits a Kubeflow Trainer v2 TrainJob (built now, from these
+            parameters) instead of training in this pod.
+        cluster_spec: JSON ``components.train.trainjob.ClusterSpec`` (placement, fixed at compile time).
+        kfp_run_id: The KFP run id (per-run output folder, job name).
+        kfp_task_name: The KFP task name (job name: a retry re-attaches to the same job).
+        tracking_uri: MLflow tracking URI ('' = the task's MLFLOW_TRACKING_URI env, else no tracking).
         parent_run_id: MLflow run to nest this step under.
         experiment: MLflow experiment name.
     """
-    argv = ["--shards", shards.path, "--vae", vae.path, "--preset", preset, "--steps", steps, "--out", model.path]
     if cluster:
-        import json
+        from components.train.launcher import run_on_cluster
 
-        from pipelines.cluster import run_trainjob
-
-        # The spec was built (not submitted) at compile time; submit it now, wait for the multi-node
-        # job, and copy the bundle its rank 0 wrote on the shared volume into ``model.path``.
-        if not trainjob_spec:
-            raise ValueError("train: cluster=True needs trainjob_spec (compile with pipelines.cluster settings)")
-        run_trainjob(json.loads(trainjob_spec), shards.path, model.path)
+        run_on_cluster(shards_path=shards.path, vae_path=vae.path, model_path=model.path, preset=preset, steps=steps, lr=lr,
+                       checkpoint_every=checkpoint_every, stages_json=stages_json, cluster_json=cluster_spec,
+                       kfp_run_id=kfp_run_id, kfp_task_name=kfp_task_name, tracking_uri=tracking_uri,
+                       parent_run_id=parent_run_id, experiment=experiment)
         return
     from components.common.launch import run_step
 
+    argv = ["--shards", shards.path, "--vae", vae.path, "--preset", preset, "--steps", steps, "--out", model.path,
+            "--checkpoint-every", checkpoint_every]
+    if lr > 0:
+        argv += ["--lr", lr]
+    if stages_json:
+        from components.train.trainjob import train_config_from_params
+
+        # Same config as the cluster form would train, but on the local single-process engine.
+        cfg = train_config_from_params(preset, steps, lr, checkpoint_every, stages_json)
+        import dataclasses
+
+        argv += ["--train-config-json", dataclasses.replace(cfg, deepspeed=False).to_json()]
     run_step("train", argv, tracking_uri, parent_run_id, experiment)

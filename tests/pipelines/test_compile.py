@@ -1,4 +1,6 @@
-"""Compiled KFP IR of the cluster form: DAG edges, GPU requests, node selectors, PVC, the TrainJob spec."""
+"""Compiled KFP IR of the cluster form, read as an operator would deploy it: DAG edges, GPU requests, node
+selectors, PVC, tracking env, security context, parameter descriptions, and the TrainJob the train
+launcher would submit for the IR's parameters (rebuilt from the IR alone, through the kubeflow SDK)."""
 
 from __future__ import annotations
 
@@ -74,9 +76,11 @@ def test_gpu_node_selector_and_pvc_per_task(compiled):
     k8s = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     tasks = _container_tasks(docs)
     assert {"annotate-plan", "annotate-group", "annotate-merge"} <= {name for name, _ in tasks}
+    assert "train" not in GPU_STEPS  # its GPUs belong to the TrainJob; the task only launches it
     for name, t in tasks:
         ex = t["componentRef"]["name"].replace("comp-", "exec-")
         res = executors[ex]["container"].get("resources", {})
+        assert res["resourceCpuLimit"] and res["resourceMemoryLimit"] and res["resourceCpuRequest"], name
         if name in GPU_STEPS:
             assert res["accelerator"]["resourceType"] == "nvidia.com/gpu"
             assert res["accelerator"]["resourceCount"] == "1"
@@ -119,16 +123,116 @@ def test_annotate_fans_out_over_a_parallel_for(compiled, name):
     assert tasks["annotate-plan"]["inputs"]["parameters"]["groups"] == {"componentInputParameter": "annotate_groups"}
 
 
-def test_trainjob_spec_is_in_the_ir(compiled):
-    tasks = _tasks(compiled["sana-wm-full-v9.9.9+gabc1234.yaml"])
-    params = tasks["train"]["inputs"]["parameters"]
+def _executor(docs, task):
+    return task["componentRef"]["name"].replace("comp-", "exec-")
+
+
+def test_every_task_gets_the_tracking_uri_and_runs_non_root(compiled):
+    for fname, docs in compiled.items():
+        k8s = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        executors = docs[0]["deploymentSpec"]["executors"]
+        for name, t in _container_tasks(docs):
+            if "importer" in executors[_executor(docs, t)]:
+                continue  # run by KFP itself, not one of our containers
+            cfg = k8s[_executor(docs, t)]
+            (env,) = cfg["configMapAsEnv"]
+            assert env["configMapName"] == "sana-wm-tracking" and not env["optional"], (fname, name)
+            assert env["keyToEnv"] == [{"configMapKey": "MLFLOW_TRACKING_URI", "envVar": "MLFLOW_TRACKING_URI"}]
+            sc = cfg["securityContext"]
+            assert sc["runAsNonRoot"] is True and int(sc["runAsUser"]) > 0, (fname, name)
+
+
+def test_every_pipeline_parameter_is_described(compiled):
+    for fname, docs in compiled.items():
+        for pname, spec in docs[0]["root"]["inputDefinitions"]["parameters"].items():
+            assert len(spec.get("description", "")) > 10, (fname, pname)
+
+
+def test_train_is_a_retried_cpu_launcher(compiled):
+    docs = compiled["sana-wm-full-v9.9.9+gabc1234.yaml"]
+    task = _tasks(docs)["train"]
+    res = docs[0]["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
+    assert "accelerator" not in res and res["resourceCpuLimit"] == "2"
+    k8s = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"]
+    assert "nodeSelector" not in k8s
+    assert task["retryPolicy"]["maxRetryCount"] >= 1
+    params = task["inputs"]["parameters"]
     assert params["cluster"]["runtimeValue"]["constant"] is True
-    job = json.loads(params["trainjob_spec"]["runtimeValue"]["constant"])
-    assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and job["kind"] == "TrainJob"
-    trainer = job["spec"]["trainer"]
-    assert job["spec"]["runtimeRef"]["name"] == "deepspeed-distributed"
-    assert (trainer["numNodes"], trainer["numProcPerNode"]) == (8, 8)
-    assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "8"
+    # named after the run and the task, resolved by KFP at run time: a retry re-attaches
+    assert params["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    assert params["kfp_task_name"]["runtimeValue"]["constant"] == "{{$.pipeline_task_name}}"
+
+
+def trainjob_from_ir(docs, arguments=None, run_id="7d7c0c1e-run", task_name="train"):
+    """The TrainJob the train task of this IR submits for a run with ``arguments`` (as the launcher does)."""
+    from components.train.launcher import plan
+    from components.train.trainjob import render_trainjob
+
+    root = docs[0]["root"]["inputDefinitions"]["parameters"]
+    values = {}
+    for key, spec in _tasks(docs)["train"]["inputs"]["parameters"].items():
+        if "componentInputParameter" in spec:
+            p = spec["componentInputParameter"]
+            values[key] = (arguments or {}).get(p, root[p].get("defaultValue"))
+        else:
+            values[key] = spec["runtimeValue"]["constant"]
+    placeholders = {"{{$.pipeline_job_uuid}}": run_id, "{{$.pipeline_task_name}}": task_name}
+    values = {k: placeholders.get(v, v) if isinstance(v, str) else v for k, v in values.items()}
+    req = plan(preset=values["preset"], steps=int(values["steps"]), lr=float(values["lr"]),
+               checkpoint_every=int(values["checkpoint_every"]), stages_json=values["stages_json"],
+               cluster_json=values["cluster_spec"], kfp_run_id=values["kfp_run_id"],
+               kfp_task_name=values["kfp_task_name"], tracking={"MLFLOW_TRACKING_URI": "http://mlflow:5000"})
+    return render_trainjob(req)
+
+
+@pytest.mark.parametrize("arguments", [None, {"preset": "sana_wm_2b6", "steps": 1200, "checkpoint_every": 100},
+                                       {"preset": "small", "steps": 300, "lr": 3e-4},
+                                       {"stages_json": json.dumps([{"latent_frames": 3, "steps": 40},
+                                                                   {"latent_frames": 6, "steps": 60}])}])
+def test_trainjob_trains_what_the_pipeline_parameters_say(compiled, arguments):
+    from components.train.config import paper_stages
+    from components.train.trainjob import trainer_config, trainer_pod_spec, validate_trainjob
+
+    docs = compiled["sana-wm-full-v9.9.9+gabc1234.yaml"]
+    job = trainjob_from_ir(docs, arguments)
+    validate_trainjob(job)  # Trainer v1alpha1 models, nothing dropped
+    cfg = trainer_config(job)
+    args = arguments or {}
+    root = docs[0]["root"]["inputDefinitions"]["parameters"]
+    assert cfg.preset == args.get("preset", root["preset"]["defaultValue"])
+    assert cfg.checkpoint_every == args.get("checkpoint_every", root["checkpoint_every"]["defaultValue"])
+    if "stages_json" in args:
+        assert [(s.latent_frames, s.steps) for s in cfg.stages] == [(3, 40), (6, 60)]
+    elif cfg.preset == "sana_wm_2b6":
+        assert [s.latent_frames for s in cfg.stages] == [s.latent_frames for s in paper_stages()]
+        want = args.get("steps") or sum(s.steps for s in paper_stages())
+        assert cfg.total_steps == want
+    else:
+        assert len(cfg.stages) == 1 and cfg.total_steps == args["steps"] and cfg.stages[0].lr == args["lr"]
+    tr = job["spec"]["trainer"]
+    assert tr["args"][tr["args"].index("--steps") + 1] == str(cfg.total_steps)
+    assert job["spec"]["runtimeRef"]["name"] == "torch-distributed" and tr["command"][0] == "torchrun"
+    assert tr["numNodes"] == 8 and tr["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == 8
+    pod = trainer_pod_spec(job)
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "sana-wm-data"}} in pod["volumes"]
+    assert {"name": "data", "mountPath": "/data"} in pod["containers"][0]["volumeMounts"]
+    assert tr["args"][tr["args"].index("--out") + 1] == "/data/runs/7d7c0c1e-run/teacher"  # per KFP run
+    assert {"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow:5000"} in tr["env"]
+
+
+def test_cluster_defaults_are_the_paper_schedule_and_local_defaults_stay_small(compiled):
+    root = compiled["sana-wm-full-v9.9.9+gabc1234.yaml"][0]["root"]["inputDefinitions"]["parameters"]
+    assert root["preset"]["defaultValue"] == "sana_wm_2b6" and root["steps"]["defaultValue"] == 0
+    import tempfile
+    from pathlib import Path
+
+    from kfp import compiler
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "x.yaml"
+        compiler.Compiler().compile(build_pipeline("full"), str(p))
+        local = yaml.safe_load(p.read_text())["root"]["inputDefinitions"]["parameters"]
+    assert local["preset"]["defaultValue"] == "small" and local["steps"]["defaultValue"] == 200
 
 
 def test_local_form_has_no_kubernetes_parts():
@@ -142,7 +246,9 @@ def test_local_form_has_no_kubernetes_parts():
         compiler.Compiler().compile(build_pipeline("full"), str(p))
         docs = list(yaml.safe_load_all(p.read_text()))
     assert len(docs) == 1  # no platform (Kubernetes) document
-    assert "false" in json.dumps(_tasks(docs)["train"]["inputs"]["parameters"]["cluster"]).lower()
+    params = _tasks(docs)["train"]["inputs"]["parameters"]
+    assert "cluster" not in params  # the component default (False): train in the task's own process
+    assert docs[0]["components"]["comp-train"]["inputDefinitions"]["parameters"]["cluster"]["defaultValue"] is False
 
 
 def test_unknown_pipeline_is_a_clear_error():
