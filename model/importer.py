@@ -133,8 +133,7 @@ def import_sana_streaming(src: str | Path, out: str | Path, *, preset: str = "sa
     pipe = _assemble(net, vae_cfg, vae, text_cfg, text, sampler, hw, fps, "imported-streaming")
     info = {"imported_from": str(src), "format": "sana-streaming", "sampler_mode": "few_step",
             "distilled_sigmas": list(sampler.distilled_sigmas)}
-    bundle = pipe.save_pretrained(out, kind="student", info=info)
     refiner = src / "refiner_diffusers"
-    if refiner.is_dir():  # stage 2 travels with the bundle; model.refiner loads it from there
-        shutil.copytree(refiner, bundle / "refiner", dirs_exist_ok=True)
-    return bundle
+    if (refiner / "model_index.json").is_file():  # stage 2 travels with the bundle (model.refiner loads it)
+        pipe.refiner_dir = refiner
+    return pipe.save_pretrained(out, kind="student", info=info)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
@@ -74,6 +75,8 @@ class WorldModelPipeline:
         self.vae = vae.eval()
         self.text_encoder = text_encoder
         self.metadata = dict(metadata or {})
+        self.refiner_dir: Path | None = None  # a bundle's stage-2 refiner (loaded on first use)
+        self._refiner = None
 
     @property
     def device(self) -> torch.device:
@@ -113,7 +116,7 @@ class WorldModelPipeline:
     @torch.no_grad()
     def generate(self, image: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray, prompt: str = "",
                  seed: int = 0, mode: Mode = "streaming", num_steps: int | None = None,
-                 guidance_scale: float | None = None, progress: bool = False) -> np.ndarray:
+                 guidance_scale: float | None = None, progress: bool = False, refine: bool = False) -> np.ndarray:
         """Generate a video that starts at ``image`` and follows the camera trajectory.
 
         Args:
@@ -125,6 +128,7 @@ class WorldModelPipeline:
             mode: "streaming" | "bidirectional" | "few_step".
             num_steps, guidance_scale: default ``config.sampler``; ``few_step`` uses
                 ``config.sampler.distilled_sigmas`` and guidance 1 and ignores both.
+            refine: run the bundle's stage-2 refiner (``<bundle>/refiner``) on the latents before decoding.
         Returns:
             uint8 (N, H, W, 3) video; frame 0 is the VAE reconstruction of ``image``.
         """
@@ -157,8 +161,21 @@ class WorldModelPipeline:
         else:
             latents = sample_few_step(self.network, cond_latent, F, cond, chunk_lens=lens,
                                       sigmas=cfg.sampler.distilled_sigmas, generator=gen, progress=progress)
+        if refine:
+            latents = self.refiner().refine(latents, prompt, fps=cfg.fps, seed=seed)
         video = self.vae.decode(latents)[0]  # (3, N, H, W) in [-1, 1]
         return ((video + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+
+    def refiner(self):
+        """The bundle's stage-2 ``LongVideoRefiner`` (raises naming the bundle when it has none)."""
+        if self._refiner is None:
+            if self.refiner_dir is None:
+                raise FileNotFoundError("this model bundle has no stage-2 refiner (<bundle>/refiner); import one "
+                                        "with `python -m model import --sana-streaming DIR`")
+            from model.refiner import LongVideoRefiner
+
+            self._refiner = LongVideoRefiner.from_pretrained(self.refiner_dir, device=self.device)
+        return self._refiner
 
     # ------------------------------------------------------------------ bundles
     def save_pretrained(self, directory: str | os.PathLike, kind: str | None = None,
@@ -183,6 +200,8 @@ class WorldModelPipeline:
                 self.text_encoder.model.save_pretrained(tmp / "text_encoder", safe_serialization=True)
                 self.text_encoder.tokenizer.save_pretrained(tmp / "text_encoder")
             (tmp / "metadata.json").write_text(meta_text)
+            if self.refiner_dir is not None and self.refiner_dir.resolve() != (Path(directory) / "refiner").resolve():
+                shutil.copytree(self.refiner_dir, tmp / "refiner")
         self.metadata = {"kind": meta["kind"], "info": meta["info"]}
         return Path(directory)
 
@@ -205,8 +224,11 @@ class WorldModelPipeline:
             network = _build_network(config)
         load_into(network, d / "network", strict=True)
         vae = load_vae(d / "vae", config.vae, device)
-        return cls(config, network.to(device), vae, build_text_encoder(config.text, device, bundle_dir=d),
+        pipe = cls(config, network.to(device), vae, build_text_encoder(config.text, device, bundle_dir=d),
                    metadata={"kind": meta.get("kind"), "info": meta.get("info", {})})
+        if (d / "refiner" / "model_index.json").is_file():
+            pipe.refiner_dir = d / "refiner"
+        return pipe
 
 
 def _write_mp4(frames: np.ndarray, path: Path, fps: float) -> None:

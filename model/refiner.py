@@ -1,202 +1,131 @@
-"""Stage-2 long-video refiner (DESIGN.md §4): re-noise stage-1 latents and denoise them in 3 steps.
+"""Stage-2 long-video refiner: diffusers' ``SanaWMLTX2Refiner`` (the released LTX-2 chunk-causal refiner),
+loaded from a local directory and run as the release runs it.
 
-Paper recipe: re-noise the stage-1 latents to sigma ~= 0.909, denoise along (0.909, 0.725, 0.422, 0) with
-the first latent frame kept clean as an anchor, chunk by chunk with a sliding K/V window of 1 sink +
-10 recent latent frames, so the cost is linear in video length. The paper's refiner is an LTX-2-based
-~17B model; here the refiner is pluggable: any module with the ``SanaWM`` forward signature. Tests use a
-tiny ``SanaWM`` with all-softmax blocks (the refiner is a plain full-attention transformer); a real
-checkpoint loads from a local directory written by ``LongVideoRefiner.save_pretrained``.
+The release's recipe (``SanaWMLTX2Refiner.__call__``, NVlabs' streaming script): stage-1 latents are
+re-noised to σ = 0.909375 and denoised in 3 Euler steps (0.909375, 0.725, 0.421875, 0) block by block
+(``block_size`` 3 latent frames); each block attends to a sliding K/V window of 1 sink frame (the clean
+first latent, never refined) plus recent refined history, ``kv_max_frames`` = 11 frames in all, so the
+cost is linear in video length. We wrap that pipeline; the network and the loop are diffusers'.
 
-Window implementation: each chunk is denoised by a ``chunk_causal`` forward over
-[sink frames, the most recent refined frames, the chunk] (chunk_lens = [context, chunk]); the context
-is re-encoded at every step rather than cached. That is the same computation as a K/V window of those
-frames (the context frames are clean, sigma 0), bounded in size, hence linear total cost. Choice left
-open by the paper: the network numbers frames 0..W-1 inside the window (RoPE), so the sink sits just
-before the recent frames rather than at its absolute distance, as in attention-sink streaming LLMs.
+The paper preset's refiner is the ~17 B checkpoint (``refiner_diffusers/`` of the streaming release,
+copied into a bundle by ``python -m model import --sana-streaming``); the CPU presets and the tests use a
+tiny configuration of the same classes (``tiny_refiner``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from model.checkpoint import atomic_directory, load_into, write_state_dict
-from model.config import NetworkConfig
-from model.sampling import Conditioning, FlowMatchScheduler, draw_chunk_noise, guided_velocity
-
-__all__ = ["LongVideoRefiner", "RefinerConfig", "all_softmax"]
+__all__ = ["LongVideoRefiner", "RefinerConfig", "tiny_refiner"]
 
 
 @dataclass(frozen=True)
 class RefinerConfig:
-    """Refinement schedule and window (paper defaults).
+    """The release's stage-2 settings (``inference_sana_wm_streaming.py`` defaults)."""
 
-    Attributes:
-        start_sigma: noise level the stage-1 latents are re-noised to; must equal ``sigmas[0]``.
-        sigmas: denoising schedule ending at 0 (len - 1 network calls per chunk).
-        sink_frames: leading latent frames always in the window (frame 0 is the clean anchor).
-        recent_frames: most recent refined latent frames kept in the window.
-        chunk_frames / first_chunk_frames: chunking (the first chunk holds the anchor + 3 frames).
-        guidance_scale: CFG scale (1 = conditional only, as a refiner normally runs).
-    """
-
-    start_sigma: float = 0.909
-    sigmas: tuple[float, ...] = (0.909, 0.725, 0.422, 0.0)
-    sink_frames: int = 1
-    recent_frames: int = 10
-    chunk_frames: int = 3
-    first_chunk_frames: int = 4
-    guidance_scale: float = 1.0
+    sink_size: int = 1
+    block_size: int = 3
+    kv_max_frames: int = 11  # sink + history + active block, in latent frames
+    sigmas: tuple[float, ...] = (0.909375, 0.725, 0.421875, 0.0)
+    seed: int = 42
 
     def __post_init__(self) -> None:
         s = tuple(float(v) for v in self.sigmas)
-        if len(s) < 2 or s[-1] != 0.0 or any(a <= b for a, b in itertools.pairwise(s)) or not 0 < s[0] <= 1:
+        if len(s) < 2 or s[-1] != 0.0 or any(a <= b for a, b in zip(s, s[1:])) or not 0 < s[0] <= 1:
             raise ValueError(f"RefinerConfig.sigmas must decrease strictly from (0, 1] to exactly 0, got {self.sigmas}")
-        if abs(self.start_sigma - s[0]) > 1e-9:
-            raise ValueError(f"RefinerConfig.start_sigma ({self.start_sigma}) must equal sigmas[0] ({s[0]})")
-        if self.sink_frames < 1:
-            raise ValueError(f"RefinerConfig.sink_frames must be >= 1 (frame 0 is the anchor), got {self.sink_frames}")
-        if self.recent_frames < 0:
-            raise ValueError(f"RefinerConfig.recent_frames must be >= 0, got {self.recent_frames}")
-        if self.chunk_frames < 1 or self.first_chunk_frames < 2:
-            raise ValueError(f"RefinerConfig chunk sizes must be >= 1 (first >= 2: anchor + a frame), got "
-                             f"{self.chunk_frames} / {self.first_chunk_frames}")
-
-    def chunk_lengths(self, num_frames: int) -> list[int]:
-        """[first, c, c, ..., remainder] summing to ``num_frames``."""
-        lens = [min(self.first_chunk_frames, num_frames)]
-        while sum(lens) < num_frames:
-            lens.append(min(self.chunk_frames, num_frames - sum(lens)))
-        return lens
-
-    @property
-    def max_window_frames(self) -> int:
-        """Most latent frames one forward ever sees: sink + recent + one chunk."""
-        return max(self.first_chunk_frames, self.sink_frames + self.recent_frames + self.chunk_frames)
+        if self.kv_max_frames < self.sink_size + self.block_size:
+            raise ValueError(f"RefinerConfig.kv_max_frames ({self.kv_max_frames}) must be >= sink_size + block_size "
+                             f"({self.sink_size + self.block_size}): each block must see the whole previous block")
 
 
-def all_softmax(cfg: NetworkConfig) -> NetworkConfig:
-    """The same network config with every block softmax (a plain full-attention refiner)."""
-    return dataclasses.replace(cfg, softmax_blocks=tuple(range(cfg.num_blocks)))
+class LongVideoRefiner:
+    """A ``SanaWMLTX2Refiner`` plus the settings it runs with.
 
-
-def _select(camera: Any, idx: torch.Tensor) -> Any:
-    """Camera condition for latent frames ``idx`` (any order, possibly non-contiguous)."""
-    if camera is None:
-        return None
-    return camera.select_frames(idx)
-
-
-class LongVideoRefiner(nn.Module):
-    """Pluggable stage-2 refiner around ``net`` (SanaWM forward signature).
-
-    Args:
-        net: the refiner network; called as ``net(x, sigma, text, text_mask, camera, mode="chunk_causal",
-            chunk_lens=[context, chunk])``.
-        cfg: ``RefinerConfig``.
+    ``refine(latents (B,C,F,h,w), prompt, fps)`` -> refined latents (B,C,F,h,w), in the same normalised
+    LTX-2 latent space the stage-1 model works in; the first ``sink_size`` frames come back unchanged.
     """
 
-    def __init__(self, net: nn.Module, cfg: RefinerConfig | None = None):
-        super().__init__()
-        self.net = net
+    def __init__(self, pipe: Any, cfg: RefinerConfig | None = None) -> None:
+        self.pipe = pipe
         self.cfg = cfg or RefinerConfig()
-        self.peak_window_frames = 0  # largest window of the last refine() call (a bound, checked in tests)
 
     @classmethod
-    def from_network_config(cls, network_cfg: NetworkConfig, cfg: RefinerConfig | None = None,
-                            device: str | torch.device = "cpu", seed: int = 0) -> LongVideoRefiner:
-        """A random-weight refiner (tests, demos), seeded without touching the global RNG."""
-        from model.network import SanaWM
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = SanaWM(network_cfg)
-        return cls(net.to(device).eval(), cfg)
-
-    # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Atomically write ``refiner.json`` (network + refiner configs) and safetensors weights."""
-        net_cfg = getattr(self.net, "cfg", None)
-        if not isinstance(net_cfg, NetworkConfig):
-            raise TypeError("save_pretrained needs a network with a NetworkConfig `.cfg` (e.g. SanaWM)")
-        meta = {"network": dataclasses.asdict(net_cfg), "refiner": dataclasses.asdict(self.cfg)}
-        with atomic_directory(directory) as tmp:
-            (tmp / "refiner.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-            write_state_dict(self.net.state_dict(), tmp)
-        return Path(directory)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> LongVideoRefiner:
-        """Load a refiner directory from local disk (strict; clear errors for missing parts)."""
-        from model.network import SanaWM
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
+                        cfg: RefinerConfig | None = None) -> LongVideoRefiner:
+        """Load a ``SanaWMLTX2Refiner.save_pretrained`` directory (local files only)."""
+        from diffusers.pipelines.sana_wm.refiner import SanaWMLTX2Refiner
 
         d = Path(directory)
-        if not (d / "refiner.json").is_file():
-            raise FileNotFoundError(f"refiner directory {str(d)!r} has no refiner.json (missing or not a refiner)")
-        meta = json.loads((d / "refiner.json").read_text())
-        tup = lambda dct: {k: tuple(v) if isinstance(v, list) else v for k, v in dct.items()}
-        with torch.random.fork_rng(devices=[]):  # the random init is overwritten; keep the caller's RNG
-            net = SanaWM(NetworkConfig(**tup(meta["network"])))
-        load_into(net, d, strict=True)
-        return cls(net.to(device).eval(), RefinerConfig(**tup(meta["refiner"])))
+        if not (d / "model_index.json").is_file():
+            raise FileNotFoundError(f"refiner directory {str(d)!r} has no model_index.json "
+                                    f"(expected a SanaWMLTX2Refiner.save_pretrained folder)")
+        pipe = SanaWMLTX2Refiner.from_pretrained(str(d), local_files_only=True)
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe.to(device), cfg)
 
-    # ------------------------------------------------------------------ refinement
+    def save_pretrained(self, directory: str | Path) -> Path:
+        from model.checkpoint import atomic_directory
+
+        with atomic_directory(directory) as tmp:
+            self.pipe.save_pretrained(str(tmp))
+        return Path(directory)
+
     @torch.no_grad()
-    def refine(self, latents: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor, camera: Any = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """Refine stage-1 latents.
-
-        Args:
-            latents: (B,C,F,h,w) stage-1 latents; frame 0 is the clean anchor and is returned unchanged.
-            text, text_mask: (B,L,Dt), (B,L) bool.
-            camera: CameraCondition for the F latent frames, or None.
-            generator: noise source (same seed, same output).
-        Returns:
-            (B,C,F,h,w) refined latents. Every forward sees at most ``cfg.max_window_frames`` frames.
-        """
+    def refine(self, latents: torch.Tensor, prompt: str, fps: float, seed: int | None = None) -> torch.Tensor:
         if latents.ndim != 5:
-            raise ValueError(f"latents must be (B,C,F,h,w), got {tuple(latents.shape)}")
-        B, C, F, h, w = latents.shape
-        if camera is not None and camera.num_frames != F:
-            raise ValueError(f"camera covers {camera.num_frames} latent frames, latents have {F}")
-        cfg = self.cfg
-        sigmas = list(cfg.sigmas)
-        out = latents[:, :, :1].clone()  # refined frames so far; starts with the anchor
-        self.peak_window_frames = 0
-        a = 0
-        for k, n in enumerate(cfg.chunk_lengths(F)):
-            b = a + n
-            lo = 1 if k == 0 else 0  # frames of this chunk to refine (chunk 0 starts with the anchor)
-            noise = draw_chunk_noise(generator, (B, C, n - lo, h, w), latents.device, latents.dtype)
-            x = FlowMatchScheduler.add_noise(latents[:, :, a + lo:b], noise, cfg.start_sigma)
-            if k == 0:
-                ctx_idx: list[int] = []
-                x = torch.cat([out, x], dim=2)
-            else:
-                sink = list(range(min(cfg.sink_frames, a)))
-                recent = [i for i in range(max(0, a - cfg.recent_frames), a) if i not in sink]
-                ctx_idx = sink + recent
-            idx = torch.tensor(ctx_idx + list(range(a, b)), device=latents.device)
-            cond = Conditioning(text, text_mask, _select(camera, idx))
-            ctx = out[:, :, ctx_idx] if ctx_idx else None
-            gen = torch.ones(B, n, device=latents.device)
-            gen[:, :lo] = 0.0  # the anchor stays at sigma 0
-            lens = [len(ctx_idx), n] if ctx_idx else [n]
-            self.peak_window_frames = max(self.peak_window_frames, len(idx))
-            for s, s_next in itertools.pairwise(sigmas):
-                full = x if ctx is None else torch.cat([ctx, x], dim=2)
-                sig = gen * s if ctx is None else torch.cat([gen.new_zeros(B, len(ctx_idx)), gen * s], dim=1)
-                v = guided_velocity(self.net, full, sig, cond, cfg.guidance_scale, mode="chunk_causal",
-                                    chunk_lens=lens)[:, :, -n:]
-                x = FlowMatchScheduler.step(x, v, s, s_next)
-                x[:, :, :lo] = latents[:, :, :lo]
-            out = torch.cat([out, x[:, :, lo:]], dim=2)
-            a = b
-        return out
+            raise ValueError(f"refine expects latents (B,C,F,h,w), got shape {tuple(latents.shape)}")
+        if latents.shape[2] <= self.cfg.sink_size:
+            raise ValueError(f"refine needs more than sink_size={self.cfg.sink_size} latent frames, "
+                             f"got {latents.shape[2]}")
+        c = self.cfg
+        gen = torch.Generator(device=latents.device).manual_seed(c.seed if seed is None else int(seed))
+        return self.pipe(latents, prompt, fps=float(fps), sink_size=c.sink_size, generator=gen,
+                         block_size=c.block_size, kv_max_frames=c.kv_max_frames, sigmas=tuple(c.sigmas),
+                         output_type="latent")
+
+
+def tiny_refiner(latent_channels: int, temporal_stride: int = 4, spatial_stride: int = 8, seed: int = 0,
+                 cfg: RefinerConfig | None = None) -> LongVideoRefiner:
+    """A random-weight ``SanaWMLTX2Refiner`` of the release's classes in a tiny configuration (2 blocks,
+    hidden 32; a 1-layer Gemma-3 text encoder with a word-level tokenizer): CPU presets and tests."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SanaWMLTX2RefinerTransformer3DModel
+    from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
+    from diffusers.pipelines.sana_wm.refiner import SanaWMLTX2Refiner
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig,
+                              PreTrainedTokenizerFast, SiglipVisionConfig)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = SanaWMLTX2RefinerTransformer3DModel(
+            in_channels=latent_channels, out_channels=latent_channels, num_attention_heads=2, attention_head_dim=16,
+            cross_attention_dim=32, vae_scale_factors=(temporal_stride, spatial_stride, spatial_stride), num_layers=2,
+            audio_in_channels=8, audio_out_channels=8, audio_num_attention_heads=2, audio_attention_head_dim=8,
+            audio_cross_attention_dim=16, caption_channels=32)
+        connectors = LTX2TextConnectors(
+            caption_channels=32, text_proj_in_factor=2, video_connector_num_attention_heads=2,
+            video_connector_attention_head_dim=16, video_connector_num_layers=1,
+            video_connector_num_learnable_registers=4, audio_connector_num_attention_heads=2,
+            audio_connector_attention_head_dim=16, audio_connector_num_layers=1,
+            audio_connector_num_learnable_registers=4, video_hidden_dim=32, audio_hidden_dim=32)
+        words = ["<pad>", "<unk>", "<bos>", "<eos>", "a", "the", "room", "street", "walk", "forward", "turn"]
+        tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
+                                            bos_token="<bos>", eos_token="<eos>")
+        text_encoder = Gemma3ForConditionalGeneration(Gemma3Config(
+            text_config=Gemma3TextConfig(vocab_size=len(words), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                         head_dim=16),
+            vision_config=SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, image_size=16, patch_size=8),
+            mm_tokens_per_image=4))
+    pipe = SanaWMLTX2Refiner(transformer=transformer, connectors=connectors, tokenizer=tokenizer,
+                             text_encoder=text_encoder, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
+                             text_max_sequence_length=16)
+    pipe.set_progress_bar_config(disable=True)
+    return LongVideoRefiner(pipe, cfg)

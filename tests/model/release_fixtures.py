@@ -84,6 +84,7 @@ def write_streaming_release_dir(root: Path) -> Path:
     shutil.rmtree(root / "transformer-tmp")
     write_tiny_vae(root / "ltx2_causal_vae", seed=1)
     write_tiny_text_encoder(root / "text_encoder", root / "tokenizer")
-    (root / "refiner_diffusers").mkdir()
-    (root / "refiner_diffusers" / "model_index.json").write_text(json.dumps({"_class_name": "SanaWMLTX2Refiner"}))
+    from model.refiner import tiny_refiner
+
+    tiny_refiner(latent_channels=8).save_pretrained(root / "refiner_diffusers")  # diffusers' own save_pretrained
     return root

@@ -58,6 +58,13 @@ def test_import_streaming_release_directory(tmp_path):
     for k, v in pipe.network.state_dict().items():
         torch.testing.assert_close(v, sd[k].to(v.dtype))
     assert _generate(pipe, "few_step").shape == (9, 64, 64, 3)
+    # stage 2 came along and runs on the stage-1 latents (release window and schedule)
+    cfg = pipe.config
+    K = default_intrinsics(cfg.video_height, cfg.video_width)
+    tr = trajectory_from_actions("w 1s", fps=cfg.fps, K=K, num_frames=9)
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    refined = pipe.generate(image, tr.c2w, tr.intrinsics, mode="few_step", refine=True)
+    assert refined.shape == (9, 64, 64, 3)
 
 
 def test_sana_checkpoint_loader_refuses_pickled_objects(tmp_path):
