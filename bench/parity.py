@@ -2,7 +2,7 @@
 
 Bidirectional forward on CPU, fp32, ``--threads`` intra-op threads: max relative error of ours against the
 reference (also in float64 with the reference's internal fp32/bf16 casts lifted, which compares the maths),
-and seconds per forward for both (median of ``--repeats`` after a warm-up). Then our streaming mode: seconds
+and seconds per forward for both (median of ``--repeats``, the two run alternately, after a warm-up). Then our streaming mode: seconds
 per chunk, and the carried stream state at N and 4N latent frames (the release has no streaming mode).
 The config is the ``small`` preset's network (8 blocks, hidden 192, 4 heads x 48, softmax blocks 3 and 7)
 on a 16x24 latent grid unless ``--preset`` says otherwise.
@@ -30,14 +30,16 @@ from model.network import SanaWM  # noqa: E402
 from tests.model.reference import lift_reference_casts, randomise_zero_parameters  # noqa: E402
 
 
-def _timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def _timed_pair(fa, fb, repeats: int) -> tuple[float, float]:
+    """Median seconds of fa and fb, run alternately (a shared machine's load then biases neither)."""
+    fa(), fb()  # warm-up
+    ta, tb = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, acc in ((fa, ta), (fb, tb)):
+            t0 = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - t0)
+    return statistics.median(ta), statistics.median(tb)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     err64 = float((o64 - r64).abs().max() / r64.abs().max())
 
     with torch.no_grad():
-        t_ref = _timed(lambda: ref(x, t, y, mask, camera_conditions=rc, chunk_plucker=cp), args.repeats)
-        t_ours = _timed(lambda: diffusers_velocity(ours, x, t, y, mask, rc, cp), args.repeats)
+        t_ours, t_ref = _timed_pair(lambda: diffusers_velocity(ours, x, t, y, mask, rc, cp),
+                                    lambda: ref(x, t, y, mask, camera_conditions=rc, chunk_plucker=cp), args.repeats)
 
     # streaming: a clip of 4x the frames, chunk by chunk, state size after N and after 4N frames
     lens = cfg.chunks.chunk_lengths(4 * F_)

@@ -5,8 +5,10 @@
 
 The version is a pyfunc "model from code" (``pyfunc_model.py``) whose artifacts are the bundle folder and,
 when given, an example request (``image.png`` + ``trajectory.npz``, written by evaluate) that deploy uses
-for its smoke test. Version tags carry the flat evaluation metrics and the bundle's DVC md5, so a
-registry entry points back to the exact data revision. Without ``--tracking-uri`` /
+for its smoke test. The logged model carries a tensor signature (image / c2w / intrinsics / seed -> video)
+and that example as its input example; the evaluation metrics are metrics of the LoggedModel (and of this
+run); version tags carry the bundle's DVC md5 and link the train run and the dataset it trained on (found
+as the sibling ``train`` run under the same pipeline run), so model <-> train run <-> data revision. Without ``--tracking-uri`` /
 ``$MLFLOW_TRACKING_URI`` the embedded SQLite store under ``data/mlflow`` is used.
 """
 
@@ -39,6 +41,55 @@ def read_metrics(path: Path) -> dict[str, float]:
     return {k: float(v) for k, v in data.items()}
 
 
+def signature(height: int, width: int):
+    """The pyfunc's tensor signature: a request (dict of arrays) -> uint8 video (N,H,W,3)."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    inputs = Schema([
+        TensorSpec(np.dtype("uint8"), (height, width, 3), "image"),
+        TensorSpec(np.dtype("float32"), (-1, 4, 4), "c2w"),
+        TensorSpec(np.dtype("float32"), (-1, 3, 3), "intrinsics"),
+        TensorSpec(np.dtype("int64"), (1,), "seed"),
+    ])
+    return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype("uint8"), (-1, height, width, 3),
+                                                                    "video")]))
+
+
+def input_example(example: Path | None) -> dict | None:
+    """The example request folder (image.png + trajectory.npz) as the signature's dict of arrays."""
+    if example is None or not (example / "image.png").is_file() or not (example / "trajectory.npz").is_file():
+        return None
+    import numpy as np
+    from PIL import Image
+
+    traj = np.load(example / "trajectory.npz")
+    return {"image": np.asarray(Image.open(example / "image.png").convert("RGB"), dtype=np.uint8),
+            "c2w": traj["c2w"].astype(np.float32), "intrinsics": traj["intrinsics"].astype(np.float32),
+            "seed": np.zeros(1, dtype=np.int64)}
+
+
+def train_lineage(client, run_id: str) -> dict[str, str]:
+    """``{train_run_id, dataset_digest}`` of the ``train`` run that shares this run's parent (if any)."""
+    from components.common.tracking import PARENT_TAG
+
+    run = client.get_run(run_id)
+    parent = run.data.tags.get(PARENT_TAG)
+    if not parent:
+        return {}
+    found = client.search_runs([run.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent}' "
+                               f"and attributes.run_name = 'train'", order_by=["attributes.start_time DESC"],
+                               max_results=1)
+    if not found:
+        return {}
+    out = {"train_run_id": found[0].info.run_id}
+    inputs = found[0].inputs.dataset_inputs if found[0].inputs else []
+    if inputs:
+        out["dataset_digest"] = inputs[0].dataset.digest
+    return out
+
+
 def register(model_dir: Path, metrics: dict[str, float], name: str, logger, example: Path | None = None,
              alias: str = "candidate") -> dict:
     """Log the bundle as a pyfunc model in ``logger``'s run, register it, tag it, set ``alias``.
@@ -59,18 +110,23 @@ def register(model_dir: Path, metrics: dict[str, float], name: str, logger, exam
     artifacts = {"bundle": str(model_dir)}
     if example is not None:
         artifacts["example"] = str(example)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    sig = signature(int(cfg["video_height"]), int(cfg["video_width"]))
     # log_model works on the fluent "active run"; scope it to this run and this store.
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=logger.run_id):
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(PYFUNC_CODE), artifacts=artifacts,
+            name="model", python_model=str(PYFUNC_CODE), artifacts=artifacts, signature=sig,
+            input_example=input_example(example),
             pip_requirements=[f"sana-wm-stack=={PACKAGE_VERSION}"],  # skip slow requirement inference
             registered_model_name=name, await_registration_for=60,
         )
+        # evaluation metrics belong to the model itself (the LoggedModel), not only to this run
+        mlflow.log_metrics(metrics, model_id=info.model_id)
     version = str(info.registered_model_version)
-    for k, v in metrics.items():
-        client.set_model_version_tag(name, version, f"eval.{k}", f"{v:.6g}")
     client.set_model_version_tag(name, version, "bundle_md5", digest)
+    for k, v in train_lineage(client, logger.run_id).items():
+        client.set_model_version_tag(name, version, k, v)
     client.set_model_version_tag(name, version, "package_version", PACKAGE_VERSION)
     client.set_registered_model_alias(name, alias, version)
     logger.log_metrics(metrics)

@@ -59,7 +59,12 @@ def test_register_then_deploy(tmp_path, bundle, monkeypatch):
     client = mlflow.MlflowClient(uri)
     mv = client.get_model_version_by_alias("wm", "candidate")
     assert str(mv.version) == reg["version"] == "1"
-    assert mv.tags["eval.rot_err_deg_mean"] == "3.5" and mv.tags["bundle_md5"].endswith(".dir")
+    assert mv.tags["bundle_md5"].endswith(".dir")
+    mlflow.set_tracking_uri(uri)
+    logged = mlflow.get_logged_model(mv.model_id)  # evaluation metrics live on the LoggedModel
+    assert {m.key: m.value for m in logged.metrics}["rot_err_deg_mean"] == 3.5
+    model_info = mlflow.models.get_model_info(f"models:/wm/{mv.version}")
+    assert [s.name for s in model_info.signature.inputs.inputs] == ["image", "c2w", "intrinsics", "seed"]
     assert client.get_run(reg["run_id"]).data.tags[tracking.PARENT_TAG] == parent.run_id
 
     out = tmp_path / "outputs"
