@@ -131,7 +131,9 @@ def register(model_dir: Path, metrics: dict[str, float], name: str, logger, exam
     client.set_registered_model_alias(name, alias, version)
     logger.log_metrics(metrics)
     logger.set_tags({"registered_model": name, "registered_version": version})
-    return {"name": name, "version": version, "run_id": logger.run_id, "model_uri": f"models:/{name}/{version}",
+    client.set_model_version_tag(name, version, "logged_model_id", info.model_id)
+    return {"name": name, "version": version, "run_id": logger.run_id, "logged_model_id": info.model_id,
+            "model_uri": f"models:/{name}/{version}",
             "alias_uri": f"models:/{name}@{alias}", "alias": alias, "bundle_md5": digest}
 
 

@@ -61,7 +61,8 @@ def test_register_then_deploy(tmp_path, bundle, monkeypatch):
     assert str(mv.version) == reg["version"] == "1"
     assert mv.tags["bundle_md5"].endswith(".dir")
     mlflow.set_tracking_uri(uri)
-    logged = mlflow.get_logged_model(mv.model_id)  # evaluation metrics live on the LoggedModel
+    assert mv.tags["logged_model_id"] == reg["logged_model_id"]
+    logged = mlflow.get_logged_model(reg["logged_model_id"])  # evaluation metrics live on the LoggedModel
     assert {m.key: m.value for m in logged.metrics}["rot_err_deg_mean"] == 3.5
     model_info = mlflow.models.get_model_info(f"models:/wm/{mv.version}")
     assert [s.name for s in model_info.signature.inputs.inputs] == ["image", "c2w", "intrinsics", "seed"]
