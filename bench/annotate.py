@@ -40,10 +40,12 @@ KINDS = ("walk_forward", "orbit", "pure_yaw", "strafe", "mixed")
 SPEEDS = ("slow", "fast")
 
 
-def run_pycolmap(frames: np.ndarray, K: np.ndarray, workdir: Path,
-                 init_min_tri_angle_deg: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
-    """Incremental SfM on frames (N,H,W,3) with known K (3,3). Returns (c2w (N,4,4) NaN where
-    unregistered, registered (N,) bool) of the largest reconstruction."""
+def run_pycolmap(frames: np.ndarray, K: np.ndarray | None, workdir: Path, init_min_tri_angle_deg: float = 4.0,
+                 matching: str = "exhaustive") -> tuple[np.ndarray, np.ndarray, float | None]:
+    """Incremental SfM (SIFT) on frames (N,H,W,3). K (3,3): known intrinsics, fixed in BA; None: self-calibrated
+    (one SIMPLE_PINHOLE camera for the clip, focal refined in BA, COLMAP's default prior 1.2 max(H,W)).
+    matching: "exhaustive" | "sequential" (overlap 10, quadratic). Returns (c2w (N,4,4) NaN where
+    unregistered, registered (N,) bool, focal px or None) of the largest reconstruction."""
     import pycolmap
 
     img_dir = workdir / "images"
@@ -52,20 +54,26 @@ def run_pycolmap(frames: np.ndarray, K: np.ndarray, workdir: Path,
         cv2.imwrite(str(img_dir / f"{i:05d}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
     db = workdir / "database.db"
     reader = pycolmap.ImageReaderOptions()
-    reader.camera_model = "PINHOLE"
-    reader.camera_params = ",".join(str(v) for v in (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
+    if K is not None:
+        reader.camera_model = "PINHOLE"
+        reader.camera_params = ",".join(str(v) for v in (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
+    else:
+        reader.camera_model = "SIMPLE_PINHOLE"  # the same model ours estimates (synthetic clips are pinhole)
     extract = pycolmap.FeatureExtractionOptions()
     extract.use_gpu = False
     extract.num_threads = 2
     pycolmap.extract_features(db, img_dir, camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
                               extraction_options=extract, device=pycolmap.Device.cpu)
-    # Short clips: exhaustive matching (every pair; covers sequential, and lets loop-like revisits match).
-    pycolmap.match_exhaustive(db, device=pycolmap.Device.cpu)
+    if matching == "sequential":
+        pycolmap.match_sequential(db, device=pycolmap.Device.cpu)
+    else:
+        # Short clips: exhaustive matching (every pair; covers sequential, and lets loop-like revisits match).
+        pycolmap.match_exhaustive(db, device=pycolmap.Device.cpu)
     opts = pycolmap.IncrementalPipelineOptions()
     # COLMAP's default two-view start needs a 16 degree median triangulation angle, which slow 2-second
     # clips never reach (whole clips then fail to reconstruct); 4 degrees is a sane video setting.
     opts.mapper.init_min_tri_angle = init_min_tri_angle_deg
-    opts.ba_refine_focal_length = False  # given the true intrinsics, as ours is
+    opts.ba_refine_focal_length = K is None  # given the true intrinsics, as ours is; else self-calibrate
     opts.ba_refine_principal_point = False
     opts.ba_refine_extra_params = False
     opts.num_threads = 2
@@ -74,7 +82,7 @@ def run_pycolmap(frames: np.ndarray, K: np.ndarray, workdir: Path,
     c2w = np.full((n, 4, 4), np.nan)
     reg = np.zeros(n, bool)
     if not recs:
-        return c2w, reg
+        return c2w, reg, None
     rec = max(recs.values(), key=lambda r: r.num_reg_images())
     for img in rec.images.values():
         if not img.has_pose:
@@ -84,7 +92,8 @@ def run_pycolmap(frames: np.ndarray, K: np.ndarray, workdir: Path,
         w2c[:3] = img.cam_from_world().matrix()
         c2w[i] = np.linalg.inv(w2c)
         reg[i] = True
-    return c2w, reg
+    focal = float(next(iter(rec.cameras.values())).params[0])
+    return c2w, reg, focal
 
 
 def score(est: np.ndarray, reg: np.ndarray, gt: np.ndarray, metric: bool) -> dict:
@@ -138,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "fps": len(frames) / t_ours, "seconds": t_ours}}
                 if not args.no_colmap:
                     t0 = time.perf_counter()
-                    c2w_c, reg_c = run_pycolmap(frames, clip.intrinsics[0], Path(td) / "colmap")
+                    c2w_c, reg_c, _ = run_pycolmap(frames, clip.intrinsics[0], Path(td) / "colmap")
                     t_col = time.perf_counter() - t0
                     row["pycolmap"] = {**score(c2w_c, reg_c, clip.c2w, metric=False), "fps": len(frames) / t_col,
                                        "seconds": t_col}

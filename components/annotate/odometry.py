@@ -17,6 +17,7 @@ from scipy.spatial.transform import Rotation
 
 from components.annotate.bundle_adjust import observation_depth
 from components.annotate.geometry import bearings, kabsch_rotation, project, rotation_between, sample_depth
+from components.annotate.tracks import detect_corners, klt_kwargs, klt_step
 
 if TYPE_CHECKING:  # the config lives with the public API; importing it at runtime would be circular
     from components.annotate.poses import PoseEstimatorConfig
@@ -52,18 +53,9 @@ class KeyframeVO:
 
     # --- tracks
     def _detect(self, f, ids, pts):
-        mask = np.full(self.gray[f].shape, 255, np.uint8)
-        for x, y in pts:
-            cv2.circle(mask, (int(x), int(y)), self.cfg.min_distance, 0, -1)
-        room = self.cfg.max_corners - len(pts)
-        if room <= 10:
+        new = detect_corners(self.gray[f], pts, self.cfg)
+        if len(new) == 0:
             return ids, pts
-        new = cv2.goodFeaturesToTrack(
-            self.gray[f], room, self.cfg.quality_level, self.cfg.min_distance, mask=mask, blockSize=7
-        )
-        if new is None:
-            return ids, pts
-        new = new.reshape(-1, 2).astype(np.float32)
         new_ids = np.arange(len(self.X), len(self.X) + len(new))
         self.X = np.vstack([self.X, np.full((len(new), 3), np.nan)])
         self.anchor = np.vstack([self.anchor, np.full((len(new), 3), np.nan)])
@@ -74,20 +66,10 @@ class KeyframeVO:
     def _track(self, f, ids, pts):
         if len(pts) == 0:
             return ids, pts
-        kw = {
-            "winSize": (self.cfg.klt_window, self.cfg.klt_window),
-            "maxLevel": self.cfg.klt_levels,
-            "criteria": (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01),
-        }
-        p1, st1, _ = cv2.calcOpticalFlowPyrLK(self.gray[f - 1], self.gray[f], pts, None, **kw)
-        p0b, st2, _ = cv2.calcOpticalFlowPyrLK(self.gray[f], self.gray[f - 1], p1, None, **kw)
-        h, w = self.gray[f].shape
-        fb = np.linalg.norm(pts - p0b, axis=1)
-        ok = (st1.ravel() == 1) & (st2.ravel() == 1) & (fb < self.cfg.fb_max_px)
-        ok &= (p1[:, 0] >= 0) & (p1[:, 0] < w - 1) & (p1[:, 1] >= 0) & (p1[:, 1] < h - 1)
+        ok, p1 = klt_step(self.gray[f - 1], self.gray[f], pts, self.cfg)
         ids, p1 = ids[ok], p1[ok]
         if self.cfg.klt_refine_from_birth:
-            ids, p1 = self._refine_from_birth(f, ids, p1, kw)
+            ids, p1 = self._refine_from_birth(f, ids, p1, klt_kwargs(self.cfg))
         return ids, p1
 
     def _refine_from_birth(self, f, ids, pts, kw):

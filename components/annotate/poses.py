@@ -38,6 +38,7 @@ from components.annotate.bundle_adjust import bundle_adjust
 from components.annotate.depth import DepthModel
 from components.annotate.geometry import default_intrinsics, project
 from components.annotate.odometry import KeyframeVO
+from components.annotate.scale_free import scale_free_poses
 
 __all__ = ["PoseEstimatorConfig", "PoseResult", "default_intrinsics", "estimate_poses"]
 
@@ -78,6 +79,25 @@ class PoseEstimatorConfig:
     ba_huber_sigma: float = 2.0  # residuals (in sigmas) beyond this count linearly (robust to bad tracks)
     ba_outlier_sigma: float = 5.0  # after the first BA round, drop observations beyond this many sigmas
     ba_max_landmarks: int = 4000  # subsample for speed; the poses are what we need
+    # Shot cuts inside a clip: almost no KLT track survives AND the grey histogram jumps.
+    cut_max_survival: float = 0.2
+    cut_min_hist_distance: float = 0.25
+    # Scale-free clips (no depth) are mapped by pycolmap from our KLT tracks (components.annotate.colmap_backend).
+    colmap_mapper: str = "incremental"  # "incremental" | "global" (GLOMAP-style, view-graph focal calibration)
+    colmap_camera_model: str = "SIMPLE_PINHOLE"  # one focal + principal point; SIMPLE_RADIAL adds k1
+    colmap_max_pair_offset: int = 24  # match frame pairs up to this far apart (offsets ~x1.5 apart)
+    colmap_ransac_px: float = 2.0  # two-view RANSAC threshold (KLT tracks are sub-pixel; SIFT default is 4)
+    colmap_init_min_tri_angle_deg: float = 4.0
+    colmap_threads: int = 2
+    colmap_keyframe_step: int = 3  # map every k-th frame with SfM, register the rest by absolute pose
+    # Model selection: a shot whose 90th-percentile per-pair median residual under the best pure rotation
+    # is below this (px) is posed as rotation (translation there is not observable from the images).
+    rotation_max_residual_px: float = 0.5
+    min_registered_fraction: float = 0.5  # SfM must register this share of a shot, else rotation fallback
+    # "sfm": scale-free clips go through scale_free.scale_free_poses (pycolmap on our tracks); "vo": the
+    # older sequential VO (kept for comparison; the issue measured it 2-100x worse than COLMAP scale-free).
+    scale_free_backend: str = "sfm"
+    refine_principal_point: bool = False  # only where the data supports it: off unless asked
 
     def __post_init__(self) -> None:
         for name in ("max_corners", "klt_window", "klt_levels", "min_pnp_inliers", "keyframe_max_gap"):
@@ -85,6 +105,10 @@ class PoseEstimatorConfig:
                 raise ValueError(f"PoseEstimatorConfig.{name} must be > 0, got {getattr(self, name)}")
         if not 0.0 < self.keyframe_track_ratio <= 1.0:
             raise ValueError(f"PoseEstimatorConfig.keyframe_track_ratio must be in (0,1], got {self.keyframe_track_ratio}")
+        if self.scale_free_backend not in ("sfm", "vo"):
+            raise ValueError(f"PoseEstimatorConfig.scale_free_backend must be 'sfm' or 'vo', got {self.scale_free_backend!r}")
+        if self.colmap_mapper not in ("incremental", "global"):
+            raise ValueError(f"PoseEstimatorConfig.colmap_mapper must be 'incremental' or 'global', got {self.colmap_mapper!r}")
         if not 1.0 < self.default_hfov_deg < 179.0:
             raise ValueError(f"PoseEstimatorConfig.default_hfov_deg must be in (1,179), got {self.default_hfov_deg}")
 
@@ -95,8 +119,11 @@ class PoseResult:
 
     c2w (N,4,4) float64 camera-to-world relative to frame 0 (OpenCV axes; metres when ``metric``);
     intrinsics (N,3,3) float64; fps; confidence float in [0,1]; registered (N,) bool (False: the pose was
-    propagated/interpolated, not solved); intrinsics_source "given" | "default_fov"; diagnostics: counts,
-    reprojection RMSE, per-frame inlier ratios and confidence.
+    propagated/interpolated, not solved, and unregistered_reason says why; "" where registered);
+    intrinsics_source "given" | "self_calibrated_sfm" | "self_calibrated_rotation" | "default_fov";
+    focal_confidence in [0,1] (1 when given, 0 for the default FOV); shot_starts: frames that start a shot
+    (poses of each shot are relative to its first frame); diagnostics: counts, reprojection RMSE,
+    per-frame inlier ratios and confidence, per-shot model and focal sigma.
     """
 
     c2w: np.ndarray
@@ -106,6 +133,9 @@ class PoseResult:
     registered: np.ndarray
     metric: bool
     intrinsics_source: str = "given"
+    focal_confidence: float = 1.0
+    unregistered_reason: list[str] = field(default_factory=list)
+    shot_starts: list[int] = field(default_factory=lambda: [0])
     diagnostics: dict[str, Any] = field(default_factory=dict)
 
 
@@ -201,11 +231,21 @@ def estimate_poses(
     if cfg.klt_refine_from_birth is None:
         cfg = replace(cfg, klt_refine_from_birth=not scale_free)
     n, h, w, _ = frames.shape
-    source = "given"
-    if K is None:
-        K = np.broadcast_to(default_intrinsics(h, w, cfg.default_hfov_deg), (n, 3, 3)).copy()
-        source = "default_fov"
     gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
+    if scale_free and cfg.scale_free_backend == "sfm":
+        return _scale_free_result(gray, fps, K, cfg)
+    source, f_conf, calib = "given", 1.0, {}
+    if K is None:
+        # Metric path without intrinsics: self-calibrate with the scale-free machinery first, then run the
+        # depth-anchored VO with that K (depth fixes scale, not focal).
+        sf = scale_free_poses(gray, None, cfg)
+        best = max(sf.shots, key=lambda sh: sh["frames"])
+        K = sf.K[best["start"]].copy()
+        K[:2, 2] += 0.5
+        K = np.broadcast_to(K, (n, 3, 3)).copy()
+        source, f_conf, calib = best["focal_source"], float(best["focal_confidence"]), {"calibration_shot": best}
+        if source == "default_fov":
+            K = np.broadcast_to(default_intrinsics(h, w, cfg.default_hfov_deg), (n, 3, 3)).copy()
     # OpenCV puts pixel centres at integers, K uses COLMAP's +0.5 centres: shift K once for the tracker's
     # coordinates instead of shifting every point (0.5 px of principal-point error biases the poses).
     K_cv = K.copy()
@@ -241,9 +281,41 @@ def estimate_poses(
             "per_frame_confidence": per_frame,
             "initialised": bool(vo.initialised),
             "monocular_depth_scales": list(vo.depth_scales),
+            **calib,
         }
     )
+    reasons = ["" if r else "PnP failed: pose from the rotation fallback and a constant-velocity position"
+               for r in vo.registered]
     return PoseResult(
         c2w=c2w, intrinsics=K, fps=float(fps), confidence=confidence, registered=vo.registered.copy(),
-        metric=metric, intrinsics_source=source, diagnostics=diag,
+        metric=metric, intrinsics_source=source, focal_confidence=f_conf, unregistered_reason=reasons,
+        diagnostics=diag,
+    )
+
+
+def _scale_free_result(gray: np.ndarray, fps: float, K: np.ndarray | None, cfg: PoseEstimatorConfig) -> PoseResult:
+    """`scale_free.scale_free_poses` wrapped as a PoseResult (K given in COLMAP centres, like the API)."""
+    K_cv = None
+    if K is not None:
+        K_cv = K.copy()
+        K_cv[:, :2, 2] -= 0.5
+    sf = scale_free_poses(gray, K_cv, cfg)
+    Kout = sf.K.copy()
+    Kout[:, :2, 2] += 0.5
+    main = max(sf.shots, key=lambda sh: sh["frames"])  # the longest shot speaks for the clip's camera
+    rmse = sf.reprojection_rmse_px
+    c_rep = 1.0 / (1.0 + rmse**2) if np.isfinite(rmse) else 0.0
+    reg_frac = float(sf.registered.mean())
+    diag = {
+        "shots": sf.shots,
+        "reprojection_rmse_px": rmse,
+        "registered_fraction": reg_frac,
+        "initialised": any(sh.get("model") == "sfm" for sh in sf.shots),
+        "per_frame_confidence": np.where(sf.registered, c_rep, 0.0),
+    }
+    return PoseResult(
+        c2w=sf.c2w, intrinsics=Kout, fps=float(fps), confidence=float(np.clip(reg_frac * c_rep, 0, 1)),
+        registered=sf.registered, metric=False, intrinsics_source=main["focal_source"],
+        focal_confidence=float(main["focal_confidence"]), unregistered_reason=sf.reasons,
+        shot_starts=sf.shot_starts, diagnostics=diag,
     )
