@@ -92,7 +92,8 @@ class PoseEstimatorConfig:
     colmap_keyframe_step: int = 3  # map every k-th frame with SfM, register the rest by absolute pose
     # Model selection: a shot whose 90th-percentile per-pair median residual under the best pure rotation
     # is below this (px) is posed as rotation (translation there is not observable from the images).
-    rotation_max_residual_px: float = 0.5
+    rotation_max_residual_px: float = 0.8
+    rotation_fallback_max_residual_px: float = 3.0  # ... and, when SfM cannot map the shot, below this
     min_registered_fraction: float = 0.5  # SfM must register this share of a shot, else rotation fallback
     # "sfm": scale-free clips go through scale_free.scale_free_poses (pycolmap on our tracks); "vo": the
     # older sequential VO (kept for comparison; the issue measured it 2-100x worse than COLMAP scale-free).

@@ -99,7 +99,10 @@ def scale_free_poses(gray: np.ndarray, K_given: np.ndarray | None, cfg: PoseEsti
             mp = map_tracks(tracks, idx, h, w, rot.K[0, 0] if Kg is None else None, cfg, fixed_K=Kg)
             info["sfm"] = {k: v for k, v in mp.stats.items()}
             if mp.registered.sum() < max(3, cfg.min_registered_fraction * len(idx)):
-                model = "rotation_fallback"  # SfM could not hold the shot: the rotations are still right
+                # SfM found no usable baseline. Where the rotation model still explains the tracks to within
+                # noise-level residuals, that IS the answer (no parallax = translation not observable);
+                # otherwise keep the rotations but flag every frame.
+                model = "rotation" if p90 < cfg.rotation_fallback_max_residual_px else "rotation_fallback"
         if model == "sfm":
             seg_reg = mp.registered
             first = int(np.flatnonzero(seg_reg)[0])
@@ -126,7 +129,7 @@ def scale_free_poses(gray: np.ndarray, K_given: np.ndarray | None, cfg: PoseEsti
             if len(rot.median_residual_px):
                 rmses.append(float(np.median(rot.median_residual_px)))
         source = "given" if Kg is not None else f"self_calibrated_{'sfm' if model == 'sfm' else 'rotation'}"
-        if Kg is None and not np.isfinite(sigma):
+        if Kg is None and not np.isfinite(sigma) and model != "sfm":
             K_seg, source = K_def, "default_fov"  # focal not observable (static or featureless shot)
         c2w[idx] = _fill(seg, seg_reg)
         K[idx] = K_seg
