@@ -259,6 +259,7 @@ def _focal_sigma(pc, rec, rel_step: float = 0.02) -> float:
         opts.refine_focal_length = False
         opts.refine_principal_point = False
         opts.refine_extra_params = False
+        opts.print_summary = False
         opts.ceres.solver_options.max_num_iterations = 10  # a profile point, not a solution
         pc.bundle_adjustment(r, opts)
         costs.append(_chi2(r, sigma_px))

@@ -81,7 +81,7 @@ class PoseEstimatorConfig:
     ba_max_landmarks: int = 4000  # subsample for speed; the poses are what we need
     # Shot cuts inside a clip: almost no KLT track survives AND the grey histogram jumps.
     cut_max_survival: float = 0.2
-    cut_min_hist_distance: float = 0.25
+    cut_min_hist_distance: float = 0.015  # 1 - Bhattacharyya coefficient of 32-bin histograms (in-shot: < 0.012)
     # Scale-free clips (no depth) are mapped by pycolmap from our KLT tracks (components.annotate.colmap_backend).
     colmap_mapper: str = "incremental"  # "incremental" | "global" (GLOMAP-style, view-graph focal calibration)
     colmap_camera_model: str = "SIMPLE_PINHOLE"  # one focal + principal point; SIMPLE_RADIAL adds k1
@@ -92,7 +92,7 @@ class PoseEstimatorConfig:
     colmap_keyframe_step: int = 3  # map every k-th frame with SfM, register the rest by absolute pose
     # Model selection: a shot whose 90th-percentile per-pair median residual under the best pure rotation
     # is below this (px) is posed as rotation (translation there is not observable from the images).
-    rotation_max_residual_px: float = 0.8
+    rotation_max_residual_px: float = 0.3
     rotation_fallback_max_residual_px: float = 3.0  # ... and, when SfM cannot map the shot, below this
     min_registered_fraction: float = 0.5  # SfM must register this share of a shot, else rotation fallback
     # "sfm": scale-free clips go through scale_free.scale_free_poses (pycolmap on our tracks); "vo": the

@@ -95,7 +95,8 @@ def track_clip(gray: np.ndarray, cfg: PoseEstimatorConfig) -> Tracks:
         ok, p1 = klt_step(gray[f - 1], gray[f], pts, cfg)
         survival[f] = ok.sum() / max(len(pts), 1)
         h_f = _hist(gray[f])
-        # Bhattacharyya-style distance of the histograms: ~0.1 for exposure drift, > 0.3 across cuts.
+        # 1 - Bhattacharyya coefficient: measured <= 0.011 inside rendered shots, 0.023 across a cut between
+        # two rendered rooms (real cuts differ more); the track collapse is the primary signal.
         jump = 1.0 - np.sum(np.sqrt(h_prev * h_f))
         h_prev = h_f
         if survival[f] < cfg.cut_max_survival and jump > cfg.cut_min_hist_distance:
