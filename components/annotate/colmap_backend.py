@@ -62,7 +62,7 @@ def pair_offsets(n: int, max_offset: int) -> list[int]:
     offs, k = [1, 2, 3], 4
     while k <= min(max_offset, n - 1):
         offs.append(k)
-        k = int(round(k * 1.5))
+        k = round(k * 1.5)
     return [o for o in offs if o < n]
 
 
@@ -88,7 +88,7 @@ def map_tracks(tracks: Tracks, frames_idx: np.ndarray, height: int, width: int, 
     t = np.full((len(fidx), 3), np.nan)
     reg = np.zeros(len(fidx), bool)
     R[kf], t[kf], reg[kf] = res.w2c_R, res.w2c_t, res.registered
-    res.stats["keyframes"] = int(len(kf))
+    res.stats["keyframes"] = len(kf)
     res.stats["keyframes_registered"] = int(res.registered.sum())
     if rec is not None:
         _register_rest(pc, rec, tracks, fidx, kf, res.K, R, t, reg, cfg)

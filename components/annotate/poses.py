@@ -94,6 +94,7 @@ class PoseEstimatorConfig:
     # is below this (px) is posed as rotation (translation there is not observable from the images).
     rotation_max_residual_px: float = 0.3
     rotation_fallback_max_residual_px: float = 3.0  # ... and, when SfM cannot map the shot, below this
+    rotation_vs_sfm_ratio: float = 1.5  # ... or when its median residual is within this factor of SfM's RMSE
     min_registered_fraction: float = 0.5  # SfM must register this share of a shot, else rotation fallback
     # "sfm": scale-free clips go through scale_free.scale_free_poses (pycolmap on our tracks); "vo": the
     # older sequential VO (kept for comparison; the issue measured it 2-100x worse than COLMAP scale-free).

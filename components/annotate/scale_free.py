@@ -16,6 +16,7 @@ Each shot's poses are relative to its own first frame (a cut has no camera motio
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -80,7 +81,7 @@ def scale_free_poses(gray: np.ndarray, K_given: np.ndarray | None, cfg: PoseEsti
     reg = np.zeros(n, bool)
     reasons = [""] * n
     shots, rmses = [], []
-    for s, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+    for a, b in itertools.pairwise(bounds):
         idx = np.arange(a, b)
         Kg = None if K_given is None else K_given[a]
         K_def = default_intrinsics(h, w, cfg.default_hfov_deg)
@@ -103,6 +104,13 @@ def scale_free_poses(gray: np.ndarray, K_given: np.ndarray | None, cfg: PoseEsti
                 # averaging, then positions) holds them together. Measured: 5/11 -> 11/11 keyframes.
                 mp = map_tracks(tracks, idx, h, w, f_init, replace(cfg, colmap_mapper="global"), fixed_K=Kg)
             info["sfm"] = {k: v for k, v in mp.stats.items()}
+            rot_med = float(np.median(rot.median_residual_px))
+            if (p90 < cfg.rotation_fallback_max_residual_px
+                    and rot_med <= cfg.rotation_vs_sfm_ratio * mp.reprojection_rmse_px):
+                # Model selection: SfM "succeeds" on pure rotation too (fitting noise as baseline); when the
+                # 3-DoF-per-frame rotation model explains the tracks about as well as the full reconstruction,
+                # the simpler model is the right one (no parallax = no observable translation).
+                model = "rotation"
             if mp.registered.sum() < max(3, cfg.min_registered_fraction * len(idx)):
                 # SfM found no usable baseline. Where the rotation model still explains the tracks to within
                 # noise-level residuals, that IS the answer (no parallax = translation not observable);

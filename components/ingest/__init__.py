@@ -20,7 +20,11 @@ _EXPORTS = {
     "VideoDecodeError": "video_io", "VideoInfo": "video_io", "iter_frames": "video_io",
     "probe_video": "video_io", "read_video": "video_io", "write_video": "video_io",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [  # noqa: RUF022 - grouped by module, as _EXPORTS
+    "FilterConfig", "apply_filters", "score_clip", "IngestConfig", "ingest_videos", "read_manifest", "ClipSpec",
+    "RenderedClip", "generate_dataset", "render_clip", "write_clip", "VideoDecodeError", "VideoInfo",
+    "iter_frames", "probe_video", "read_video", "write_video",
+]
 
 
 def __getattr__(name: str) -> Any:
