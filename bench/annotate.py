@@ -227,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kinds", nargs="+", default=["walk_forward", "orbit", "pure_yaw", "strafe", "turn", "mixed"],
                    help="real-footage mode: trajectory classes")
     p.add_argument("--speed", choices=("slow", "fast"), default="slow", help="real-footage mode: trajectory speed")
+    p.add_argument("--key", default="real_footage", help="real-footage mode: key of the results file to (re)write")
     p.add_argument("--mapper", choices=("incremental", "global"), default="incremental",
                    help="real-footage mode: our pycolmap mapper")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "annotate.json"))
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         _print_real_footage(rows, args.frames)
         out = Path(args.out)
         old = json.loads(out.read_text()) if out.exists() else {}
-        old["real_footage"] = {"config": vars(args), "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        old[args.key] = {"config": vars(args), "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
                                "total_seconds": time.time() - t_start, "rows": rows,
                                "notes": "no intrinsics and no depth for either method. Ours: KLT tracks -> rotation-only "
                                         "model (focal by 1-D search) or pycolmap incremental mapping of keyframes + "
