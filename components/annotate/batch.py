@@ -33,7 +33,7 @@ from components.annotate.shards import ShardSample, write_manifest, write_shards
 
 __all__ = ["BatchConfig", "annotate_clip", "clip_cache_key", "run_batch"]
 
-_CACHE_VERSION = "annotate-v1"  # bump when the result format or the estimator's semantics change
+_CACHE_VERSION = "annotate-v2"  # bump when the result format or the estimator's semantics change
 
 
 @dataclass
@@ -162,8 +162,12 @@ def annotate_clip(clip_id: str, video: Path, npz: Path | None, cfg: BatchConfig,
         finally:
             if tmp.exists():
                 tmp.unlink()
+        unreg = {str(i): r for i, r in enumerate(res.unregistered_reason) if r}
         rec.update(status="kept", confidence=res.confidence, metric=res.metric,
-                   intrinsics_source=res.intrinsics_source, registered_fraction=float(res.registered.mean()))
+                   intrinsics_source=res.intrinsics_source, focal_confidence=res.focal_confidence,
+                   focal_px=float(res.intrinsics[0, 0, 0]), registered_fraction=float(res.registered.mean()),
+                   unregistered=unreg, shot_starts=list(res.shot_starts),
+                   reprojection_rmse_px=res.diagnostics.get("reprojection_rmse_px"))
     except ValueError as e:  # VideoDecodeError is a ValueError; so are bad shapes in a clip's npz
         rec.update(status="failed", reason=f"{type(e).__name__}: {e}")
     except Exception as e:  # noqa: BLE001 - one bad clip must never stop a batch; the reason is recorded
@@ -258,6 +262,10 @@ def _load_sample(rec: dict, row: dict, raw: Path, cache_dir: Path, captioner) ->
 
         frames, fps = read_video(video)
         caption = str(captioner(frames, fps))
+    # Calibration and registration travel with the clip: scale-free (metric False) and self-calibrated
+    # clips are labelled so the training step can weigh or skip them.
     meta = {"scores": rec.get("scores", {}), "caption": caption, "kind": row.get("kind", ""),
-            "metric": rec.get("metric"), "confidence": rec.get("confidence"), "source": row.get("source", "")}
+            "metric": rec.get("metric"), "confidence": rec.get("confidence"), "source": row.get("source", ""),
+            **{k: rec.get(k) for k in ("intrinsics_source", "focal_confidence", "focal_px", "registered_fraction",
+                                       "unregistered", "shot_starts", "reprojection_rmse_px")}}
     return ShardSample(id=rec["id"], mp4=video.read_bytes(), poses=poses, meta=meta)

@@ -2,36 +2,33 @@
 
 ``python -m components.ingest --help``; library entry points:
 :func:`~components.ingest.synthetic.generate_dataset` and :func:`~components.ingest.sources.ingest_videos`.
+
+Importing the package is cheap (no OpenCV or PyAV): the KFP pipeline compiler imports
+``components.ingest.component`` with only kfp installed. The names below load on first use.
 """
 
-from components.ingest.filters import FilterConfig, apply_filters, score_clip
-from components.ingest.sources import IngestConfig, ingest_videos, read_manifest
-from components.ingest.synthetic import ClipSpec, RenderedClip, generate_dataset, render_clip, write_clip
-from components.ingest.video_io import (
-    VideoDecodeError,
-    VideoInfo,
-    iter_frames,
-    probe_video,
-    read_video,
-    write_video,
-)
+from __future__ import annotations
 
-__all__ = [
-    "ClipSpec",
-    "FilterConfig",
-    "IngestConfig",
-    "RenderedClip",
-    "VideoDecodeError",
-    "VideoInfo",
-    "apply_filters",
-    "generate_dataset",
-    "ingest_videos",
-    "iter_frames",
-    "probe_video",
-    "read_manifest",
-    "read_video",
-    "render_clip",
-    "score_clip",
-    "write_clip",
-    "write_video",
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "FilterConfig": "filters", "apply_filters": "filters", "score_clip": "filters",
+    "IngestConfig": "sources", "ingest_videos": "sources", "read_manifest": "sources",
+    "ClipSpec": "synthetic", "RenderedClip": "synthetic", "generate_dataset": "synthetic",
+    "render_clip": "synthetic", "write_clip": "synthetic",
+    "VideoDecodeError": "video_io", "VideoInfo": "video_io", "iter_frames": "video_io",
+    "probe_video": "video_io", "read_video": "video_io", "write_video": "video_io",
+}
+__all__ = [  # noqa: RUF022 - grouped by module, as _EXPORTS
+    "FilterConfig", "apply_filters", "score_clip", "IngestConfig", "ingest_videos", "read_manifest", "ClipSpec",
+    "RenderedClip", "generate_dataset", "render_clip", "write_clip", "VideoDecodeError", "VideoInfo",
+    "iter_frames", "probe_video", "read_video", "write_video",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562 lazy export: `from components.ingest import read_video` still works.
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"components.ingest.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'components.ingest' has no attribute {name!r}")

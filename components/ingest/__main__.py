@@ -82,10 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     status = Counter(r["status"] for r in rows)
     inputs = len({r["source"] for r in rows})
     print(f"ingested {inputs} inputs into {args.out}: {status.get('ok', 0)} clips kept, "
-          f"{status.get('dropped', 0)} dropped by filters, {status.get('failed', 0)} inputs failed")
+          f"{status.get('dropped', 0)} dropped by filters, {status.get('failed', 0)} inputs failed, "
+          f"{status.get('empty', 0)} inputs yielded no clip")
     for r in rows:
-        if r["status"] == "failed":
-            print(f"  failed {r['source']}: {r['reason']}")
+        if r["status"] in ("failed", "empty"):
+            print(f"  {'failed' if r['status'] == 'failed' else 'no clip from'} {r['source']}: {r['reason']}")
     return 0 if status.get("ok", 0) > 0 else 1
 
 

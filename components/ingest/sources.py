@@ -227,12 +227,14 @@ class _ShotCutter:
         self.times: list[float] = []
         self.new = 0  # frames in buf not yet part of an emitted clip
         self.emitted = 0  # resampled frames consumed before buf[0]
+        self.total = 0  # resampled frames pushed (the shot's length at cfg.fps)
 
     def push(self, t: float, frame: np.ndarray):
         """Add one frame; returns (start_index, start_time, frames) when a full window is ready."""
         self.buf.append(frame)
         self.times.append(t)
         self.new += 1
+        self.total += 1
         if len(self.buf) < self.cfg.clip_frames:
             return None
         clip = (self.emitted, self.times[0], np.stack(self.buf))
@@ -279,6 +281,7 @@ def _ingest_one(src: str, out_dir: Path, cfg: IngestConfig, tmp_dir: Path) -> li
         written.append(path)
         rows.append({**row, "path": path.name, "status": "ok", "reason": None})
 
+    shot_lengths: list[int] = []  # resampled frames per shot, for the reason when no clip comes out
     try:
         shot = -1
         cutter = None
@@ -291,8 +294,10 @@ def _ingest_one(src: str, out_dir: Path, cfg: IngestConfig, tmp_dir: Path) -> li
             else:
                 frame = _even_crop(frame)
             if shot + 1 < len(starts) and i >= starts[shot + 1]:
-                if cutter is not None and (clip := cutter.flush()) is not None:
-                    emit(shot, n_clips, clip)
+                if cutter is not None:
+                    shot_lengths.append(cutter.total)
+                    if (clip := cutter.flush()) is not None:
+                        emit(shot, n_clips, clip)
                 shot, cutter, n_clips, next_t, prev = shot + 1, _ShotCutter(cfg), 0, t, None
             # nearest-frame resampling: every target time at or before t takes prev or this frame
             while next_t <= t + 1e-9:
@@ -303,13 +308,30 @@ def _ingest_one(src: str, out_dir: Path, cfg: IngestConfig, tmp_dir: Path) -> li
                     n_clips += 1
                 next_t += dt
             prev = (t, frame)
-        if cutter is not None and (clip := cutter.flush()) is not None:
-            emit(shot, n_clips, clip)
+        if cutter is not None:
+            shot_lengths.append(cutter.total)
+            if (clip := cutter.flush()) is not None:
+                emit(shot, n_clips, clip)
     except BaseException:
         for p in written:  # a file that fails mid-way must not leave orphan clips behind
             p.unlink(missing_ok=True)
         raise
+    if not rows:
+        # Never lose an input in silence: say why it gave nothing and how to get clips out of it.
+        rows.append({"id": None, "path": None, "source": src, "status": "empty", "shots": len(shot_lengths),
+                     "shot_frames": shot_lengths, "reason": _no_clip_reason(shot_lengths, cfg)})
     return rows
+
+
+def _no_clip_reason(shot_lengths: list[int], cfg: IngestConfig) -> str:
+    """One line: why an input with these shot lengths (frames at cfg.fps) yielded no clip."""
+    if not shot_lengths or max(shot_lengths) == 0:
+        return "no decodable frames"
+    longest = max(shot_lengths)
+    need = cfg.clip_frames if cfg.min_clip_frames is None else cfg.min_clip_frames
+    return (f"all {len(shot_lengths)} shots are shorter than {need} frames at {cfg.fps:g} fps (longest {longest}); "
+            f"pass --min-clip-frames N with N <= {longest} (IngestConfig.min_clip_frames) to keep shorter shots, "
+            f"or --no-shot-split")
 
 
 def ingest_videos(sources, out_dir: str | os.PathLike, cfg: IngestConfig | None = None) -> list[dict]:
@@ -317,8 +339,9 @@ def ingest_videos(sources, out_dir: str | os.PathLike, cfg: IngestConfig | None 
 
     Writes ``<out_dir>/<id>.mp4`` per kept clip and ``<out_dir>/manifest.jsonl`` with one row per clip
     (id, path relative to out_dir, frames, fps, height, width, h, w, source, shot, clip, start_frame,
-    start_time, status="ok") plus rows for dropped clips (status="dropped", reason, scores) and failed
-    inputs (status="failed", reason, source). Returns the same rows. Readers of the manifest should
+    start_time, status="ok") plus rows for dropped clips (status="dropped", reason, scores), failed
+    inputs (status="failed", reason, source) and inputs that decoded but yielded no clip (status="empty",
+    reason, shots, shot_frames), so every input has at least one row. Returns the same rows. Readers of the manifest should
     keep ``status == "ok"`` rows (:func:`read_manifest` does by default).
     """
     cfg = cfg or IngestConfig()

@@ -86,10 +86,12 @@ def test_pure_rotation_stays_near_zero_translation(yaw_clip):
     assert M.relative_rotation_error(md.c2w, c.c2w).mean() < 0.3
 
 
-def test_default_intrinsics_are_flagged(yaw_clip):
+def test_default_intrinsics_are_flagged_when_focal_is_unobservable(yaw_clip):
+    # A static camera says nothing about its focal length: the default FOV is used and flagged, confidence 0.
     c = yaw_clip
-    res = estimate_poses(c.frames[:6], c.fps, None, scale_free=True)
+    res = estimate_poses(np.repeat(c.frames[:1], 6, axis=0), c.fps, None, scale_free=True)
     assert res.intrinsics_source == "default_fov" and res.intrinsics.shape == (6, 3, 3)
+    assert res.focal_confidence == 0.0
 
 
 def test_bad_inputs_raise_clear_errors(yaw_clip):

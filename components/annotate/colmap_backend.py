@@ -1,0 +1,300 @@
+"""Scale-free, self-calibrating poses: our KLT tracks mapped by pycolmap (two-view geometry, SfM, BA).
+
+Why pycolmap and not our VO here: without depth, the pose graph has to be solved from image evidence
+alone, with an unknown focal length. COLMAP's two-view geometry (RANSAC F/E/H with model selection),
+its view-graph focal calibration and its mappers (GLOMAP-style global, or incremental) with focal
+refinement in bundle adjustment are the field's tested solution; our own contribution is the
+measurement: KLT tracks (sub-pixel, forward-backward checked, robust to blur) written to the database
+as keypoints and matches, which replaces SIFT extraction + matching (most of COLMAP's run time on
+short clips) and keeps correspondences where descriptors fail (blur, low texture).
+
+Moving objects: their tracks disagree with the dominant epipolar geometry, so COLMAP's RANSAC drops
+them from every pair's inlier matches, and its BA drops what is left by reprojection error.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from components.annotate.tracks import Tracks
+
+if TYPE_CHECKING:
+    from components.annotate.poses import PoseEstimatorConfig
+
+__all__ = ["MapResult", "map_tracks", "pair_offsets"]
+
+
+def _pycolmap():
+    try:
+        import pycolmap
+    except ImportError as e:  # optional heavy dependency: fail loudly with the fix
+        raise ImportError("scale-free poses without intrinsics need pycolmap: pip install '.[annotate]'") from e
+    return pycolmap
+
+
+@dataclass
+class MapResult:
+    """pycolmap's reconstruction of one clip segment.
+
+    w2c_R (N,3,3), w2c_t (N,3) world-to-camera (NaN where unregistered); registered (N,) bool;
+    K (3,3) pixel intrinsics (OpenCV centres) after BA; reprojection_rmse_px; num_points;
+    stats: pair counts per two-view configuration, mapper name, focal before and after BA.
+    """
+
+    w2c_R: np.ndarray
+    w2c_t: np.ndarray
+    registered: np.ndarray
+    K: np.ndarray
+    reprojection_rmse_px: float
+    num_points: int
+    stats: dict = field(default_factory=dict)
+
+
+def pair_offsets(n: int, max_offset: int) -> list[int]:
+    """Frame offsets to match: 1, 2, 3, then roughly doubling up to max_offset (wide baselines for
+    triangulation and focal, short ones for continuity); O(N log N) pairs, so run time stays linear-ish."""
+    offs, k = [1, 2, 3], 4
+    while k <= min(max_offset, n - 1):
+        offs.append(k)
+        k = round(k * 1.5)
+    return [o for o in offs if o < n]
+
+
+def map_tracks(tracks: Tracks, frames_idx: np.ndarray, height: int, width: int, focal_prior: float | None,
+               cfg: PoseEstimatorConfig, fixed_K: np.ndarray | None = None, workdir: str | None = None) -> MapResult:
+    """Reconstruct the frames frames_idx (M,) of one shot from their tracks.
+
+    Keyframes (every ``cfg.colmap_keyframe_step``-th frame, and the last) are mapped by pycolmap; every
+    other frame is then registered by pycolmap's absolute pose (LO-RANSAC + refinement) against the
+    mapped points its tracks see, so mapping cost follows the keyframe count.
+    focal_prior: initial focal in pixels (None: COLMAP's default 1.2 x max(H, W)); the principal point
+    starts at the image centre and is refined only when ``cfg.refine_principal_point``. fixed_K (3,3),
+    OpenCV centres: known intrinsics, held fixed. Returns a `MapResult` over the M frames, in frames_idx order.
+    """
+    pc = _pycolmap()
+    pc.logging.minloglevel = 2  # COLMAP logs every registration at INFO: thousands of lines per clip
+    fidx = np.asarray(frames_idx)
+    step = max(1, cfg.colmap_keyframe_step)
+    kf = np.unique(np.r_[np.arange(0, len(fidx), step), len(fidx) - 1])
+    with tempfile.TemporaryDirectory(prefix="annotate-colmap-", dir=workdir) as td:
+        res, rec = _map(pc, Path(td), tracks, fidx[kf], height, width, focal_prior, cfg, fixed_K)
+    R = np.full((len(fidx), 3, 3), np.nan)
+    t = np.full((len(fidx), 3), np.nan)
+    reg = np.zeros(len(fidx), bool)
+    R[kf], t[kf], reg[kf] = res.w2c_R, res.w2c_t, res.registered
+    res.stats["keyframes"] = len(kf)
+    res.stats["keyframes_registered"] = int(res.registered.sum())
+    if rec is not None:
+        _register_rest(pc, rec, tracks, fidx, kf, res.K, R, t, reg, cfg)
+    res.w2c_R, res.w2c_t, res.registered = R, t, reg
+    return res
+
+
+def _register_rest(pc, rec, tracks: Tracks, fidx, kf, K, R, t, reg, cfg) -> None:
+    """Absolute pose of each non-keyframe against the map's points (track id -> 3D point)."""
+    xyz: dict[int, np.ndarray] = {}
+    for img in rec.images.values():
+        k = int(Path(img.name).stem)
+        ids = tracks.obs[fidx[kf[k]]][0]
+        for i, p2 in enumerate(img.points2D):
+            if p2.has_point3D():
+                xyz[int(ids[i])] = rec.points3D[p2.point3D_id].xyz
+    cam = pc.Camera(model="PINHOLE", width=int(2 * K[0, 2] + 1), height=int(2 * K[1, 2] + 1),
+                    params=[K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5])
+    est = pc.AbsolutePoseEstimationOptions()
+    est.ransac.max_error = 2 * cfg.colmap_ransac_px
+    is_kf = np.zeros(len(fidx), bool)
+    is_kf[kf] = True
+    for j in np.flatnonzero(~is_kf):
+        ids, pts = tracks.obs[fidx[j]]
+        sel = [i for i, tid in enumerate(ids) if int(tid) in xyz]
+        if len(sel) < cfg.min_pnp_inliers:
+            continue
+        X = np.array([xyz[int(ids[i])] for i in sel])
+        out = pc.estimate_and_refine_absolute_pose(pts[sel].astype(np.float64) + 0.5, X, cam, est)
+        if out is None or out["num_inliers"] < cfg.min_pnp_inliers:
+            continue
+        M = out["cam_from_world"].matrix()
+        R[j], t[j], reg[j] = M[:, :3], M[:, 3], True
+
+
+def _map(pc, td: Path, tracks: Tracks, fidx: np.ndarray, h: int, w: int, focal_prior, cfg, fixed_K):
+    m = len(fidx)
+    db_path = td / "database.db"
+    db = pc.Database.open(str(db_path))
+    f0 = float(focal_prior) if focal_prior else 1.2 * max(h, w)
+    # COLMAP's pixel centres are at +0.5; our tracks use OpenCV's integer centres: shift on the way in.
+    if fixed_K is not None:
+        cam = pc.Camera(model="PINHOLE", width=w, height=h, params=[fixed_K[0, 0], fixed_K[1, 1],
+                                                                    fixed_K[0, 2] + 0.5, fixed_K[1, 2] + 0.5])
+        cam.has_prior_focal_length = True
+    else:
+        cam = pc.Camera(model=cfg.colmap_camera_model, width=w, height=h,
+                        params=_camera_params(cfg.colmap_camera_model, f0, w / 2.0, h / 2.0))
+        cam.has_prior_focal_length = focal_prior is not None
+    refine = fixed_K is None
+    cam_id = db.write_camera(cam)
+    image_ids = []
+    for k, f in enumerate(fidx):
+        _, pts = tracks.obs[f]
+        rig_frame = pc.Image(name=f"{k:06d}.png", camera_id=cam_id)
+        iid = db.write_image(rig_frame)
+        image_ids.append(iid)
+        db.write_keypoints(iid, (pts.astype(np.float64) + 0.5).astype(np.float32))
+    _write_rigs_frames(pc, db, cam_id, image_ids)
+    # Matches between frame pairs = tracks they share (index of the track in each frame's keypoint list).
+    offsets = pair_offsets(m, cfg.colmap_max_pair_offset)
+    pairs = []
+    for a in range(m):
+        ids_a = tracks.obs[fidx[a]][0]
+        for o in offsets:
+            b = a + o
+            if b >= m:
+                break
+            ids_b = tracks.obs[fidx[b]][0]
+            _, ia, ib = np.intersect1d(ids_a, ids_b, assume_unique=True, return_indices=True)
+            if len(ia) < cfg.min_pnp_inliers:
+                continue
+            db.write_matches(image_ids[a], image_ids[b], np.c_[ia, ib].astype(np.uint32))
+            pairs.append((a, b))
+    db.close()
+    pairs_file = td / "pairs.txt"
+    pairs_file.write_text("".join(f"{k:06d}.png {j:06d}.png\n" for k, j in pairs))
+    tvg = pc.TwoViewGeometryOptions()
+    tvg.ransac.max_error = cfg.colmap_ransac_px
+    tvg.detect_watermark = False  # static overlays are rare in camera footage, and the check costs a RANSAC
+    t_v = time.perf_counter()
+    pc.verify_matches(str(db_path), str(pairs_file), tvg)
+    t_v = time.perf_counter() - t_v
+    t_m = time.perf_counter()
+    stats = {"pairs": len(pairs), "mapper": cfg.colmap_mapper, "focal_init_px": f0, "verify_s": t_v}
+    images_dir = td / "images"
+    images_dir.mkdir()
+    if cfg.colmap_mapper == "global":
+        calib = pc.ViewGraphCalibrationOptions()
+        stats["view_graph_calibrated"] = bool(pc.calibrate_view_graph(str(db_path), calib))
+        opts = pc.GlobalPipelineOptions()
+        opts.num_threads = cfg.colmap_threads
+        opts.mapper.bundle_adjustment.refine_focal_length = refine
+        opts.mapper.bundle_adjustment.refine_principal_point = refine and cfg.refine_principal_point
+        opts.mapper.bundle_adjustment.refine_extra_params = refine and cfg.colmap_camera_model == "SIMPLE_RADIAL"
+        opts.mapper.global_positioning.use_gpu = False
+        opts.mapper.bundle_adjustment.ceres.use_gpu = False
+        recs = pc.global_mapping(str(db_path), str(images_dir), str(td / "sparse"), opts)
+    else:
+        opts = pc.IncrementalPipelineOptions()
+        opts.num_threads = cfg.colmap_threads
+        # Video baselines are small: COLMAP's 16 degree default start angle never comes on slow clips.
+        opts.mapper.init_min_tri_angle = cfg.colmap_init_min_tri_angle_deg
+        # KLT keyframes share a few hundred tracks; COLMAP's 100-inlier start (set for SIFT's thousands)
+        # fails first and costs a relaxation round (~1 s) on every clip.
+        opts.mapper.init_min_num_inliers = 50
+        opts.ba_refine_focal_length = refine
+        opts.ba_refine_principal_point = refine and cfg.refine_principal_point
+        opts.ba_refine_extra_params = refine and cfg.colmap_camera_model == "SIMPLE_RADIAL"
+        opts.mapper.abs_pose_refine_focal_length = refine
+        opts.mapper.abs_pose_refine_extra_params = refine and cfg.colmap_camera_model == "SIMPLE_RADIAL"
+        recs = pc.incremental_mapping(str(db_path), str(images_dir), str(td / "sparse"), opts)
+    stats["mapping_s"] = time.perf_counter() - t_m
+    R = np.full((m, 3, 3), np.nan)
+    t = np.full((m, 3), np.nan)
+    reg = np.zeros(m, bool)
+    if not recs:
+        K0 = fixed_K if fixed_K is not None else _K(f0, w / 2 - 0.5, h / 2 - 0.5)
+        return MapResult(R, t, reg, K0, float("nan"), 0, stats), None
+    rec = max(recs.values(), key=lambda r: r.num_reg_images())
+    for img in rec.images.values():
+        if not img.has_pose:
+            continue
+        k = int(Path(img.name).stem)
+        M = img.cam_from_world().matrix()
+        R[k], t[k], reg[k] = M[:, :3], M[:, 3], True
+    c = next(iter(rec.cameras.values()))
+    fx, fy, cx, cy = _focal_pp(c)
+    stats.update(focal_ba_px=fx, num_reconstructions=len(recs), median_depth=_median_depth(rec))
+    stats["focal_sigma_rel"] = _focal_sigma(pc, rec) if refine else 0.0
+    return MapResult(R, t, reg, _K(fx, cx - 0.5, cy - 0.5, fy), float(rec.compute_mean_reprojection_error()),
+                     int(rec.num_points3D()), stats), rec
+
+
+def _median_depth(rec) -> float:
+    """Median depth of the mapped points in the first registered keyframe (the scale-free unit)."""
+    imgs = sorted((im for im in rec.images.values() if im.has_pose), key=lambda im: im.name)
+    if not imgs:
+        return float("nan")
+    M = imgs[0].cam_from_world().matrix()
+    z = [(M[:, :3] @ rec.points3D[p.point3D_id].xyz + M[:, 3])[2] for p in imgs[0].points2D if p.has_point3D()]
+    return float(np.median(z)) if z else float("nan")
+
+
+def _chi2(rec, sigma_px: float) -> float:
+    """Sum of squared reprojection errors over all observations, in units of sigma_px (approx.: each
+    point's mean error squared, times its track length)."""
+    rec.update_point_3d_errors()
+    return float(sum(p.error**2 * p.track.length() for p in rec.points3D.values()) / sigma_px**2)
+
+
+def _focal_sigma(pc, rec, rel_step: float = 0.02) -> float:
+    """Relative sigma of the BA focal from the chi-square profile: hold f at f0(1 +- step), re-run BA over
+    poses and points, and read the cost increase (Delta chi2 = (delta f / sigma_f)^2)."""
+    sigma_px = max(float(rec.compute_mean_reprojection_error()), 0.05)
+    cam_id = next(iter(rec.cameras))
+    f0 = float(rec.cameras[cam_id].params[0])
+    costs = []
+    for s in (1 + rel_step, 1 - rel_step):
+        r = pc.Reconstruction(rec)
+        cam = r.cameras[cam_id]
+        p = np.asarray(cam.params, float).copy()
+        p[0] = f0 * s
+        if cam.model.name == "PINHOLE":
+            p[1] = p[1] * s
+        cam.params = p
+        opts = pc.BundleAdjustmentOptions()
+        opts.refine_focal_length = False
+        opts.refine_principal_point = False
+        opts.refine_extra_params = False
+        opts.print_summary = False
+        opts.ceres.solver_options.max_num_iterations = 10  # a profile point, not a solution
+        pc.bundle_adjustment(r, opts)
+        costs.append(_chi2(r, sigma_px))
+    dchi = 0.5 * sum(costs) - _chi2(rec, sigma_px)
+    return float(rel_step / np.sqrt(dchi)) if dchi > 1e-9 else float("inf")
+
+
+def _write_rigs_frames(pc, db, cam_id: int, image_ids: list[int]) -> None:
+    """COLMAP >= 3.12 reconstructs frames of rigs: one trivial rig (the camera) and one frame per image."""
+    rig = pc.Rig()
+    rig.add_ref_sensor(pc.sensor_t(pc.SensorType.CAMERA, cam_id))
+    rig_id = db.write_rig(rig)
+    for iid in image_ids:
+        fr = pc.Frame()
+        fr.rig_id = rig_id
+        fr.add_data_id(pc.data_t(pc.sensor_t(pc.SensorType.CAMERA, cam_id), iid))
+        db.write_frame(fr)
+
+
+def _camera_params(model: str, f: float, cx: float, cy: float) -> list[float]:
+    if model == "SIMPLE_PINHOLE":
+        return [f, cx, cy]
+    if model == "SIMPLE_RADIAL":
+        return [f, cx, cy, 0.0]
+    if model == "PINHOLE":
+        return [f, f, cx, cy]
+    raise ValueError(f"colmap_camera_model must be SIMPLE_PINHOLE, SIMPLE_RADIAL or PINHOLE, got {model!r}")
+
+
+def _focal_pp(cam) -> tuple[float, float, float, float]:
+    p = np.asarray(cam.params, float)
+    if cam.model.name == "PINHOLE":
+        return p[0], p[1], p[2], p[3]
+    return p[0], p[0], p[1], p[2]
+
+
+def _K(fx: float, cx: float, cy: float, fy: float | None = None) -> np.ndarray:
+    return np.array([[fx, 0.0, cx], [0.0, fx if fy is None else fy, cy], [0.0, 0.0, 1.0]])

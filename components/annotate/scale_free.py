@@ -1,0 +1,159 @@
+"""Scale-free poses of a whole clip, self-calibrated when no intrinsics are given.
+
+Per shot (shot cuts found by `tracks.track_clip` split the clip):
+1. fit the rotation-only model (`calibration.fit_rotation_model`: focal by 1-D search, rotations from
+   bearings); if it explains the shot (residual below ``rotation_max_residual_px``) the shot is posed
+   as pure rotation: zero translation, the focal from the rotation fit;
+2. otherwise pycolmap maps the shot's KLT tracks (`colmap_backend.map_tracks`), with the rotation fit's
+   focal as the initial guess and focal refinement in COLMAP's bundle adjustment;
+3. a frame that neither solved gets an interpolated pose, ``registered=False`` and a reason.
+
+Scale convention (SANA-WM trains on metric poses, which a scale-free clip cannot give): translations are
+in units of the median scene depth seen from the shot's first frame, and the result says
+``metric=False``; the shards carry that flag so training can drop or down-weight these clips.
+Each shot's poses are relative to its own first frame (a cut has no camera motion to measure).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy.spatial.transform import Rotation, Slerp
+
+from components.annotate.calibration import fit_rotation_model
+from components.annotate.colmap_backend import map_tracks
+from components.annotate.geometry import default_intrinsics
+from components.annotate.tracks import track_clip
+
+if TYPE_CHECKING:
+    from components.annotate.poses import PoseEstimatorConfig
+
+__all__ = ["ScaleFreeResult", "focal_confidence", "scale_free_poses"]
+
+
+@dataclass
+class ScaleFreeResult:
+    """c2w (N,4,4) per shot relative to its first frame; K (N,3,3) OpenCV pixel centres; registered (N,);
+    reasons (N,) "" where registered; shot_starts; per-shot dicts in shots (model, focal, sigma, ...)."""
+
+    c2w: np.ndarray
+    K: np.ndarray
+    registered: np.ndarray
+    reasons: list[str]
+    shot_starts: list[int]
+    shots: list[dict] = field(default_factory=list)
+    reprojection_rmse_px: float = float("nan")
+
+
+def focal_confidence(sigma_rel: float) -> float:
+    """Confidence in [0,1] of a focal with relative standard deviation sigma_rel: 1 % sigma halves it."""
+    return float(1.0 / (1.0 + (sigma_rel / 0.01) ** 2)) if np.isfinite(sigma_rel) else 0.0
+
+
+def _fill(c2w: np.ndarray, reg: np.ndarray) -> np.ndarray:
+    """Interpolate unregistered poses (slerp rotations, linear centres; held beyond the ends)."""
+    idx = np.flatnonzero(reg)
+    if len(idx) == 0 or reg.all():
+        return c2w
+    out = c2w.copy()
+    n = len(c2w)
+    t = np.clip(np.arange(n), idx[0], idx[-1]).astype(float)
+    if len(idx) == 1:
+        out[:] = c2w[idx[0]]
+        return out
+    out[:, :3, :3] = Slerp(idx.astype(float), Rotation.from_matrix(c2w[idx, :3, :3]))(t).as_matrix()
+    for k in range(3):
+        out[:, k, 3] = np.interp(t, idx, c2w[idx, k, 3])
+    return out
+
+
+def scale_free_poses(gray: np.ndarray, K_given: np.ndarray | None, cfg: PoseEstimatorConfig) -> ScaleFreeResult:
+    """gray uint8 (N,H,W); K_given None | (N,3,3) in OpenCV pixel centres (its first frame's K is used)."""
+    n, h, w = gray.shape
+    tracks = track_clip(gray, cfg)
+    starts = [0, *tracks.cuts]
+    bounds = [*starts, n]
+    c2w = np.tile(np.eye(4), (n, 1, 1))
+    K = np.zeros((n, 3, 3))
+    reg = np.zeros(n, bool)
+    reasons = [""] * n
+    shots, rmses = [], []
+    for a, b in itertools.pairwise(bounds):
+        idx = np.arange(a, b)
+        Kg = None if K_given is None else K_given[a]
+        K_def = default_intrinsics(h, w, cfg.default_hfov_deg)
+        K_def[:2, 2] -= 0.5
+        if len(idx) < 2:
+            K[idx] = K_def if Kg is None else Kg
+            reasons[a] = "shot of a single frame: no motion to measure"
+            shots.append({"start": a, "frames": 1, "model": "none", "focal_source": "default_fov", "focal_sigma_rel": None})
+            continue
+        rot = fit_rotation_model(tracks, idx, h, w, Kg, cfg)
+        p90 = float(np.percentile(rot.median_residual_px, 90)) if len(rot.median_residual_px) else float("inf")
+        info = {"start": a, "frames": len(idx), "rotation_residual_p90_px": p90}
+        model = "rotation" if p90 < cfg.rotation_max_residual_px else "sfm"
+        mp = None
+        if model == "sfm":
+            # COLMAP starts from its own default (1.2 max(H,W)): the rotation fit's focal is biased under
+            # translation (measured +365 % focal error on a strafe when used as the start).
+            f_init = None
+            mp = map_tracks(tracks, idx, h, w, f_init, cfg, fixed_K=Kg)
+            if mp.registered.sum() < max(3, cfg.min_registered_fraction * len(idx)) and cfg.colmap_mapper == "incremental":
+                # Incremental SfM splits slow, low-parallax shots into fragments; the global mapper (rotation
+                # averaging, then positions) holds them together. Measured: 5/11 -> 11/11 keyframes.
+                mp = map_tracks(tracks, idx, h, w, f_init, replace(cfg, colmap_mapper="global"), fixed_K=Kg)
+            info["sfm"] = {k: v for k, v in mp.stats.items()}
+            rot_med = float(np.median(rot.median_residual_px))
+            if (p90 < cfg.rotation_fallback_max_residual_px
+                    and rot_med <= cfg.rotation_vs_sfm_ratio * mp.reprojection_rmse_px):
+                # Model selection: SfM "succeeds" on pure rotation too (fitting noise as baseline); when the
+                # 3-DoF-per-frame rotation model explains the tracks about as well as the full reconstruction,
+                # the simpler model is the right one (no parallax = no observable translation).
+                model = "rotation"
+            if mp.registered.sum() < max(3, cfg.min_registered_fraction * len(idx)):
+                # SfM found no usable baseline. Where the rotation model still explains the tracks to within
+                # noise-level residuals, that IS the answer (no parallax = translation not observable);
+                # otherwise keep the rotations but flag every frame.
+                model = "rotation" if p90 < cfg.rotation_fallback_max_residual_px else "rotation_fallback"
+        if model == "sfm":
+            seg_reg = mp.registered
+            first = int(np.flatnonzero(seg_reg)[0])
+            w2c = np.tile(np.eye(4), (len(idx), 1, 1))
+            w2c[seg_reg, :3, :3] = mp.w2c_R[seg_reg]
+            w2c[seg_reg, :3, 3] = mp.w2c_t[seg_reg]
+            seg = np.linalg.inv(w2c)
+            seg = np.linalg.inv(seg[first]) @ seg
+            depth = mp.stats.get("median_depth", float("nan"))
+            if np.isfinite(depth) and depth > 0:
+                seg[:, :3, 3] /= depth  # scale-free unit: median scene depth of the first keyframe
+            K_seg, sigma = mp.K, float(mp.stats.get("focal_sigma_rel", float("inf")))
+            why = "absolute pose failed (too few tracks on mapped points)"
+            rmses.append(mp.reprojection_rmse_px)
+        else:
+            seg_reg = rot.registered
+            seg = np.tile(np.eye(4), (len(idx), 1, 1))
+            seg[:, :3, :3] = np.transpose(rot.w2c_R, (0, 2, 1))
+            K_seg, sigma = rot.K, rot.focal_sigma_rel
+            why = "rotation-only: too few shared tracks with its anchor frame"
+            if model == "rotation_fallback":
+                seg_reg = np.zeros(len(idx), bool)  # rotations only, no solved position: flagged
+                why = "SfM registered too few frames; rotation-only pose, position held"
+            if len(rot.median_residual_px):
+                rmses.append(float(np.median(rot.median_residual_px)))
+        source = "given" if Kg is not None else f"self_calibrated_{'sfm' if model == 'sfm' else 'rotation'}"
+        if Kg is None and not np.isfinite(sigma) and model != "sfm":
+            K_seg, source = K_def, "default_fov"  # focal not observable (static or featureless shot)
+        c2w[idx] = _fill(seg, seg_reg)
+        K[idx] = K_seg
+        reg[idx] = seg_reg
+        for k in np.flatnonzero(~seg_reg):
+            reasons[a + k] = why
+        info.update(model=model, focal_px=float(K_seg[0, 0]), focal_source=source,
+                    focal_sigma_rel=sigma if np.isfinite(sigma) else None,
+                    focal_confidence=1.0 if Kg is not None else focal_confidence(sigma))
+        shots.append(info)
+    return ScaleFreeResult(c2w=c2w, K=K, registered=reg, reasons=reasons, shot_starts=starts, shots=shots,
+                           reprojection_rmse_px=float(np.nanmean(rmses)) if rmses else float("nan"))

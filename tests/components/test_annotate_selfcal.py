@@ -1,0 +1,95 @@
+"""Self-calibration, scale-free SfM, rotation model selection and shot cuts, on rendered clips with exact
+ground truth (no intrinsics and no depth given to the estimator; bounds that can fail)."""
+
+import numpy as np
+import pytest
+
+from components.annotate import metrics as M
+from components.annotate.poses import PoseEstimatorConfig, estimate_poses
+from components.ingest.synthetic import ClipSpec, render_clip
+
+
+def _focal_err(res, clip):
+    return abs(res.intrinsics[0, 0, 0] / clip.intrinsics[0, 0, 0] - 1)
+
+
+@pytest.fixture(scope="module")
+def yaw_clip():
+    return render_clip(ClipSpec(kind="pure_yaw", speed="fast", num_frames=24, fps=12.0, height=192, width=320, seed=5))
+
+
+@pytest.fixture(scope="module")
+def mixed_clip():
+    return render_clip(ClipSpec(kind="mixed", speed="slow", num_frames=30, fps=12.0, height=120, width=192, seed=7))
+
+
+def test_pure_rotation_is_posed_as_rotation_with_self_calibrated_focal(yaw_clip):
+    c = yaw_clip
+    res = estimate_poses(c.frames, c.fps, None, scale_free=True)
+    assert res.intrinsics_source == "self_calibrated_rotation" and not res.metric
+    assert res.registered.all() and all(r == "" for r in res.unregistered_reason)
+    assert np.abs(res.c2w[:, :3, 3]).max() == 0.0  # no spurious translation
+    assert M.relative_rotation_error(res.c2w, c.c2w).mean() < 0.5
+    assert _focal_err(res, c) < 0.02 and res.focal_confidence > 0.5
+
+
+def test_translating_clip_self_calibrates_through_sfm(mixed_clip):
+    c = mixed_clip
+    res = estimate_poses(c.frames, c.fps, None, scale_free=True)
+    assert res.intrinsics_source == "self_calibrated_sfm" and res.diagnostics["shots"][0]["model"] == "sfm"
+    assert res.registered.mean() > 0.9
+    reg = res.registered
+    e, g = res.c2w[reg], c.c2w[reg]
+    assert M.ate(e, g, "sim3")["rmse"] < 0.01 * M.path_length(g)
+    assert M.relative_rotation_error(e, g).mean() < 0.3
+    # 192x120 px, slow: measured 2.6 % (the 2 % target is met at 320x192, see bench/annotate.py real-footage).
+    assert _focal_err(res, c) < 0.035 and 0.0 < res.focal_confidence <= 1.0
+    # Scale-free unit: the median scene depth from frame 0 (the synthetic room is a few metres deep).
+    assert 0.05 < M.path_length(res.c2w) / M.path_length(c.c2w) < 5.0
+
+
+def test_given_intrinsics_are_kept_fixed(mixed_clip):
+    c = mixed_clip
+    res = estimate_poses(c.frames, c.fps, c.intrinsics, scale_free=True)
+    assert res.intrinsics_source == "given" and res.focal_confidence == 1.0
+    np.testing.assert_allclose(res.intrinsics, c.intrinsics, atol=1e-9)
+    assert M.ate(res.c2w[res.registered], c.c2w[res.registered], "sim3")["rmse"] < 0.01 * M.path_length(c.c2w)
+
+
+def test_shot_cut_inside_a_clip_splits_it(yaw_clip, mixed_clip):
+    a = yaw_clip.frames[:12]
+    b = np.pad(mixed_clip.frames[:12], ((0, 0), (0, 72), (0, 128), (0, 0)), mode="reflect")  # another scene
+    frames = np.ascontiguousarray(np.concatenate([a, b]))
+    res = estimate_poses(frames, 12.0, None, scale_free=True)
+    assert res.shot_starts == [0, 12]
+    # Each shot is relative to its own first frame; all poses finite and orthonormal.
+    np.testing.assert_allclose(res.c2w[12], np.eye(4), atol=1e-6)
+    R = res.c2w[:, :3, :3]
+    assert np.isfinite(res.c2w).all()
+    np.testing.assert_allclose(R @ np.transpose(R, (0, 2, 1)), np.broadcast_to(np.eye(3), R.shape), atol=1e-6)
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: a textured block moving along the epipolar lines of a slow "
+                   "forward-moving camera passes two-view RANSAC and drags the self-calibrated focal (measured "
+                   "+113 %); needs track-level motion segmentation (or a segmenter's dynamic masks)")
+def test_moving_object_tracks_do_not_break_the_poses(mixed_clip):
+    # A textured block sweeping across the frame (independent of the camera) covers ~8 % of the image.
+    c = mixed_clip
+    frames = c.frames.copy()
+    rng = np.random.default_rng(0)
+    tex = np.kron(rng.integers(0, 255, (8, 10, 3)), np.ones((4, 4, 1))).astype(np.uint8)
+    for i in range(len(frames)):
+        x = int(5 + i * 4)
+        frames[i, 40:72, x:x + 40] = tex
+    res = estimate_poses(frames, c.fps, None, scale_free=True)
+    reg = res.registered
+    assert reg.mean() > 0.9
+    assert M.ate(res.c2w[reg], c.c2w[reg], "sim3")["rmse"] < 0.02 * M.path_length(c.c2w)
+    assert _focal_err(res, c) < 0.04
+
+
+def test_bad_config_names_the_field():
+    with pytest.raises(ValueError, match="colmap_mapper"):
+        PoseEstimatorConfig(colmap_mapper="sequential")
+    with pytest.raises(ValueError, match="scale_free_backend"):
+        PoseEstimatorConfig(scale_free_backend="orb")
