@@ -29,10 +29,10 @@ DEFAULT_LOADER = "serving.predictor:load_pipeline"
 
 def load_pipeline(bundle_dir: str | Path, device: str = "cpu") -> Any:
     """Default loader: a plain bundle through ``WorldModelPipeline.from_pretrained``; a quantized bundle
-    (``quant/`` written by the quantize step) through ``components.quantize.load_bundle``, which restores
+    (``quant/`` written by the quantize step) through ``model.quant.bundle.load_bundle``, which restores
     the NVFP4 module tree. ModelOpt is imported only in the second case, so plain serving stays light."""
     if (Path(bundle_dir) / "quant" / "quant.json").exists():
-        from components.quantize import load_bundle
+        from model.quant.bundle import load_bundle
 
         return load_bundle(bundle_dir, device=device)
     from model.pipeline import WorldModelPipeline

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.ode_steps < 0 or a.dmd_steps < 0:
         ap.error("--ode-steps and --dmd-steps must be >= 0")
 
-    from components.distill import DistillConfig, DMDConfig, conditions_from_dataset, run_distill
+    from components.distill.student import DistillConfig, DMDConfig, conditions_from_dataset, run_distill
     from components.train.data import ClipLatentDataset, fit_latent_frames, iter_samples
     from model.pipeline import WorldModelPipeline
 

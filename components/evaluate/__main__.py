@@ -104,7 +104,7 @@ def evaluate(model_dir: Path, heldout: Path, out: Path, num_clips: int, max_fram
     from PIL import Image
 
     from components.evaluate.camera_metrics import camera_following_report, plot_camera_report
-    from components.quantize import load_bundle
+    from model.quant.bundle import load_bundle
     from components.vae.fit import video_psnr
     from model.trajectory import Trajectory, save_trajectory
     from serving.client import write_mp4

@@ -65,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return ENGINE_UNAVAILABLE_EXIT
 
-    from components.distill import conditions_from_dataset
-    from components.quantize import QuantSpec, build_quantized, quantization_errors, save_quantized_bundle
+    from components.distill.student import conditions_from_dataset
+    from components.quantize.ptq import quantization_errors
+    from model.quant.bundle import QuantSpec, build_quantized, save_quantized_bundle
     from components.train.data import ClipLatentDataset, fit_latent_frames, iter_samples
     from model.pipeline import WorldModelPipeline
 

@@ -5,17 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.distill import conditions_from_dataset
-from components.quantize import (
-    QuantSpec,
-    build_quantized,
-    load_quantized,
-    quantization_errors,
-    save_quantized_bundle,
-)
+from components.distill.student import conditions_from_dataset
 from components.quantize.__main__ import main, noisy_batches
-from components.quantize.hadamard import HadamardLinear, rotation_matrix
-from components.quantize.nvfp4 import _nvfp4_fake, enabled_quantizers, quant_config
+from components.quantize.ptq import quantization_errors
+from model.quant.bundle import QuantSpec, build_quantized, load_quantized, save_quantized_bundle
+from model.quant.hadamard import HadamardLinear, rotation_matrix
+from model.quant.nvfp4 import _nvfp4_fake, enabled_quantizers, quant_config
 from components.train.data import ClipLatentDataset, synthetic_samples
 from model.config import get_preset
 from model.pipeline import WorldModelPipeline
@@ -58,7 +53,7 @@ def test_quant_config_is_a_list_of_rules():
 def test_modes_quantize_what_they_say(setup):
     _, _, _, _, _, qnets, errs = setup
     names = enabled_quantizers(qnets["qkv"])
-    assert names and all(".attn.qkv." in n or ".attn.cam_qkv." in n for n in names)
+    assert names and all(".attn.qkv." in n or "_proj_cam." in n for n in names)
     assert len(enabled_quantizers(qnets["all"])) > len(names)
     assert errs["qkv"]["velocity_rel_mse"] > 0
     assert errs["all"]["velocity_rel_mse"] > errs["qkv"]["velocity_rel_mse"]
@@ -104,7 +99,7 @@ def test_engine_export_without_gpu_exits_3(tmp_path, capsys):
 
 def test_serving_and_evaluation_load_the_quantized_network(setup, tmp_path):
     """The default Triton loader and evaluation run the NVFP4 module tree, not the plain base weights."""
-    from components.quantize import load_bundle
+    from model.quant.bundle import load_bundle
     from serving.predictor import load_pipeline
 
     pipe, calib, _, _, _, _, _ = setup

@@ -11,7 +11,8 @@ name a backend registered with ``register_quant_backend`` that fake-quantizes th
 (amax / (6 * 448), ModelOpt's NVFP4 convention): same numerics, only slower.
 
 Modes (which quantizers are enabled; patterns over module names of ``SanaWM``):
-  qkv        self-attention ``attn.qkv`` and camera-branch ``attn.cam_qkv`` (weights + inputs): the paper's default
+  qkv        self-attention ``attn.qkv`` and the camera branch's ``attn.{q,k,v}_proj_cam`` (weights + inputs):
+             the paper's default
   attention  every linear of self- and cross-attention (``*attn.*``)
   all        every ``nn.Linear`` (convolutions stay high precision)
 """
@@ -28,7 +29,8 @@ from torch import nn
 BACKEND = "nvfp4_fake_cpu"
 BLOCK = 16
 MODES = ("qkv", "attention", "all")
-QKV_PATTERNS = ("*attn.qkv", "*attn.cam_qkv")
+# The self-attention input projections: the fused main qkv and the camera branch's q/k/v (same input x).
+QKV_PATTERNS = ("*attn.qkv", "*attn.q_proj_cam", "*attn.k_proj_cam", "*attn.v_proj_cam")
 
 
 def _nvfp4_fake(inputs: torch.Tensor, quantizer: Any) -> torch.Tensor:
