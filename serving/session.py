@@ -321,8 +321,12 @@ class StreamingSession:
         """Poses the next ``step`` needs: the raw frames it generates (frame 0 excluded)."""
         return self.first_chunk_poses if self.chunk_index == 0 else self.chunk_poses
 
-    def check_poses(self, c2w: Any) -> np.ndarray:
-        """Validate the client's poses for the next chunk; return them as float64 (n, 4, 4)."""
+    def check_poses(self, c2w: Any, partial: bool = False) -> np.ndarray:
+        """Validate the client's poses for the next chunk; return them as float64 (n, 4, 4).
+
+        ``partial`` also accepts a shorter chunk of whole latent frames (a multiple of the temporal
+        stride): the last chunk of a one-shot trajectory.
+        """
         from model.camera import validate_trajectory
 
         n = self.expected_poses()
@@ -330,36 +334,43 @@ class StreamingSession:
             raise SessionError(f"C2W must be a float array, got {getattr(c2w, 'dtype', type(c2w))}")
         if c2w.ndim != 3 or c2w.shape[1:] != (4, 4):
             raise SessionError(f"C2W must have shape (n, 4, 4), got {c2w.shape}")
-        if c2w.shape[0] != n:
+        short_ok = partial and 0 < c2w.shape[0] < n and c2w.shape[0] % self.ts == 0
+        if c2w.shape[0] != n and not short_ok:
             raise SessionError(f"C2W has {c2w.shape[0]} poses but chunk {self.chunk_index} generates {n} raw "
                                f"frames (START: {self.first_chunk_poses}, then {self.chunk_poses} per chunk)")
         if not np.isfinite(c2w).all():
             raise SessionError("C2W contains NaN or inf")
         c2w = c2w.astype(np.float64)
         try:
-            validate_trajectory(c2w, np.repeat(self.K[None], n, axis=0), name="C2W")
+            validate_trajectory(c2w, np.repeat(self.K[None], len(c2w), axis=0), name="C2W")
         except ValueError as err:
             raise SessionError(str(err)) from None
         return c2w
 
-    def poses_for(self, c2w: np.ndarray | None = None, action: str | None = None) -> np.ndarray:
+    def poses_for(self, c2w: np.ndarray | None = None, action: str | None = None,
+                  partial: bool = False) -> np.ndarray:
         """The next chunk's poses from exactly one of ``c2w`` / ``action`` (validated)."""
         if (c2w is None) == (action is None):
             raise SessionError("send exactly one of ACTION (keys for the next chunk) or C2W (its poses)")
         if action is not None:
             return action_poses(action, self.last_c2w, self.expected_poses(), self.fps)
-        return self.check_poses(c2w)
+        return self.check_poses(c2w, partial=partial)
 
     @torch.no_grad()
-    def step(self, c2w: np.ndarray | None = None, action: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Generate the next chunk; return (frames uint8 (n, H, W, 3), their poses float64 (n, 4, 4))."""
+    def step(self, c2w: np.ndarray | None = None, action: str | None = None,
+             partial: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Generate the next chunk; return (frames uint8 (n, H, W, 3), their poses float64 (n, 4, 4)).
+
+        ``partial=True`` allows a short final chunk (see ``check_poses``); the session can go on after
+        it, but its frames then no longer line up with ``generate`` on one long trajectory.
+        """
         from model.camera import camera_condition
         from model.sampling import Conditioning, FlowMatchScheduler, draw_chunk_noise
 
-        poses = self.poses_for(c2w, action)
-        net, cfg, dev = self.pipeline.network, self.cfg, self.pipeline.device
+        poses = self.poses_for(c2w, action, partial=partial)
+        cfg, dev = self.cfg, self.pipeline.device
         first = self.chunk_index == 0
-        f = cfg.chunks.first_chunk_frames if first else cfg.chunks.chunk_frames  # latent frames of this chunk
+        f = len(poses) // self.ts + first  # latent frames of this chunk (frame 0 counts in the first)
         window = np.concatenate([np.eye(4)[None], poses])  # frame 0 + this chunk's raw frames
         cam = camera_condition(torch.as_tensor(window)[None], torch.as_tensor(np.repeat(self.K[None], len(window), 0))[None],
                                (self.height, self.width), cfg.latent_hw, self.ts, dtype=torch.float32).to(dev)
