@@ -196,8 +196,11 @@ class SessionClient:
             tensors.append(("PROMPT", np.array([prompt.encode()], dtype=np.object_), "BYTES"))
         try:
             result = self._infer(tensors + self._steer(action, c2w), start=True)
-        except InferenceServerException:
-            self._release()
+        except InferenceServerException as err:
+            # Free the Triton slot a refused START took, unless the refusal says the id is live: then an
+            # END would end that live session.
+            if not self.live and "already live" not in str(err):
+                self._release()
             raise
         self.live = True
         return self._chunk(result)
@@ -328,8 +331,8 @@ def _session_main(argv: list[str]) -> int:
     try:
         image = load_image(args.image)
         with grpcclient.InferenceServerClient(args.url) as meta_client:
-            cfg = meta_client.get_model_config(args.model, as_json=True)["config"]
-        params = {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
+            cfg = meta_client.get_model_config(args.model).config
+        params = {k: v.string_value for k, v in cfg.parameters.items()}
         fps, first_n, chunk_n = _session_geometry(params, args.fps)
         h, w = image.shape[:2]
         # r/f (pitch) are keys of the session DSL only; the timeline DSL spells them out.
