@@ -30,13 +30,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.config import get_preset  # noqa: E402
-from model.pipeline import WorldModelPipeline  # noqa: E402
-from model.trajectory import default_intrinsics, trajectory_from_actions  # noqa: E402
-from serving.client import SessionClient, request_video, stream_video  # noqa: E402
-from serving.server import TritonServer  # noqa: E402
-from serving.session import StreamingSession  # noqa: E402
-from serving.triton_repo import build_repository  # noqa: E402
+from model.config import get_preset
+from model.pipeline import WorldModelPipeline
+from model.trajectory import default_intrinsics, trajectory_from_actions
+from serving.client import SessionClient, request_video, stream_video
+from serving.server import TritonServer
+from serving.session import StreamingSession
+from serving.triton_repo import build_repository
 
 ACTIONS = ("w", "w+q", "d", "e", "w+r", "s", "a+e", "f", "hold", "w 2")
 

@@ -20,8 +20,8 @@ import math
 import os
 import sys
 import tempfile
-from fractions import Fraction
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np

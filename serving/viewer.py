@@ -27,6 +27,7 @@ import json
 import secrets
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -157,14 +158,15 @@ def create_app(config: ViewerConfig, clip_dir: str | Path | None = None):
                                  else sample_image(config.height, config.width))
                         session = SessionClient(config.triton_url, config.model)
                         app.state.live += 1
-                        chunk = await loop.run_in_executor(None, lambda: session.start(
-                            image, action=str(msg.get("action") or "hold"), seed=int(msg.get("seed") or 0)))
+                        start = partial(session.start, image, action=str(msg.get("action") or "hold"),
+                                        seed=int(msg.get("seed") or 0))
+                        chunk = await loop.run_in_executor(None, start)
                         await send_chunk(chunk)
                     elif kind == "action":
                         if session is None:
                             raise ValueError("press Start first: there is no session")
                         action = str(msg.get("action") or "hold")
-                        await send_chunk(await loop.run_in_executor(None, lambda: session.step(action=action)))
+                        await send_chunk(await loop.run_in_executor(None, partial(session.step, action=action)))
                     elif kind == "end":
                         await close_session()
                         await socket.send_json({"type": "ended"})

@@ -77,7 +77,7 @@ class TritonPythonModel:
         return [self._one(r) for r in requests]
 
     def _one(self, request):
-        get = lambda name: sana_wm_bootstrap.input_array(request, name)  # noqa: E731
+        get = lambda name: sana_wm_bootstrap.input_array(request, name)
         corrid = int(get("CORRID").reshape(-1)[0])
         if corrid == _EMPTY_SLOT:  # filler for an idle slot; Triton drops this response
             return pb_utils.InferenceResponse(error=pb_utils.TritonError("empty sequence slot"))

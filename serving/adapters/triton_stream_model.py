@@ -51,7 +51,6 @@ class TritonPythonModel:
                 self.logger.log_error(f"generation failed: {traceback.format_exc()}")
                 sender.send(pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(f"internal error: {type(err).__name__}: {err}")), flags=final)
-        return None
 
     def finalize(self) -> None:
         self.predictor = None
