@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     yy, xx = np.mgrid[0:h, 0:w]
     image = np.stack([xx * 255 // w, yy * 255 // h, np.full_like(xx, 128)], -1).astype(np.uint8)
     result: dict = {"preset": args.preset, "size_hw": [h, w], "fps": cfg.fps, "mode": "few_step",
-                    "threads": os.cpu_count(), "chunk_raw_frames": cfg.vae.temporal_stride * cfg.chunks.chunk_frames}
+                    "cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg(), "chunk_raw_frames": cfg.vae.temporal_stride * cfg.chunks.chunk_frames}
 
     # In-process reference for the same chunk (before the server takes the cores).
     s = StreamingSession(pipe, image, seed=0)
@@ -266,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         result["storm"] = storm(server.grpc_url, image, max_sessions)
         print(json.dumps(result["storm"], indent=1), flush=True)
 
+    result["load_avg_at_end"] = os.getloadavg()  # the machine is shared: read the figures against this
+    result["command"] = "bench/serve.py " + " ".join(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
