@@ -423,6 +423,11 @@ class StreamingSession:
                                                        cam, self.state)
         return state
 
+    @property
+    def last_chunk_latents(self) -> torch.Tensor | None:
+        """Normalised latents (1, C, f, h, w) of the chunk generated last (None before the first)."""
+        return None if self._pending is None else self._pending[0]
+
     def num_bytes(self) -> int:
         """Bytes of tensors this session holds between requests (state, pending chunk, decoder cache)."""
         pending = sum(t.numel() * t.element_size() for t in (self._pending[0],)) if self._pending else 0
