@@ -6,6 +6,7 @@ VPY     := $(VENV)/bin/python
 PRESET  ?= small
 # Subprocesses (KFP tasks, the Triton python stub) may start without a locale; read text as UTF-8 anyway.
 export PYTHONUTF8 := 1
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
 .PHONY: setup system-deps run test test-all compile images smoke-images clean-data help
@@ -14,6 +15,9 @@ help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
 $(STAMP): pyproject.toml
+	# Debian's chromium for the viewer's browser test (Playwright's own browser download is blocked here).
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
 	# torch FIRST from the CPU wheel on disk: anything that pulls torch later would fetch a CUDA build.
 	$(VPY) -m pip install -q --upgrade pip

@@ -1,10 +1,16 @@
-"""Ask a running Triton server for a video, and write it as an H.264 mp4 (+ a contact sheet PNG).
+"""Clients of the Triton models: a whole video over HTTP, a video streamed chunk by chunk over gRPC, and
+interactive sessions; mp4 + contact-sheet writers.
 
     python -m serving.client --image first.png --trajectory traj.npz -o out.mp4 \
         [--url 127.0.0.1:8000] [--seed 0] [--frames N] [--mode few_step] [--contact-sheet sheet.png]
+    python -m serving.client session --image first.png --actions "w 2s; q 1s" -o out.mp4 \
+        [--url 127.0.0.1:8001] [--seed 0] [--mode few_step]
 
 The trajectory is a SANA-WM-Bench ``.npz`` (``c2w`` (N,4,4), ``intrinsics`` (N,3,3), ``fps``); see
 ``model.trajectory``. The mp4 plays at the trajectory's fps, so time in the video matches the camera.
+``session`` turns the actions into poses (keys w/a/s/d, q/e yaw, r/f pitch), sends them one chunk per
+request to ``sana_wm_session`` over gRPC (``--url`` is the gRPC port), shows a progress bar and writes
+the frames as they come.
 """
 
 from __future__ import annotations
@@ -14,12 +20,15 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-DEFAULT_MODEL = "sana_wm"
+DEFAULT_MODEL = "sana_wm_video"  # the whole-video route; "sana_wm" is decoupled (gRPC streams only)
+STREAM_MODEL = "sana_wm"
+SESSION_MODEL = "sana_wm_session"
 
 
 def request_video(
@@ -41,7 +50,7 @@ def request_video(
         c2w: (N, 4, 4) camera-to-world poses; sent as FP32.
         K: (N, 3, 3) pixel intrinsics; sent as FP32.
         seed: noise seed (INT64).
-        num_frames: raw frames to generate (default N).
+        num_frames: raw frames to generate; optional, and the server rejects one that is not N.
         mode: ``streaming``/``bidirectional``/``few_step`` (default: the server's).
     Raises:
         tritonclient.utils.InferenceServerException carrying the server's message for a bad request.
@@ -51,16 +60,7 @@ def request_video(
     image = np.ascontiguousarray(image)
     c2w = np.ascontiguousarray(c2w, dtype=np.float32)
     K = np.ascontiguousarray(K, dtype=np.float32)
-    n = int(c2w.shape[0]) if num_frames is None else int(num_frames)
-    tensors = [
-        ("IMAGE", image, "UINT8"),
-        ("C2W", c2w, "FP32"),
-        ("INTRINSICS", K, "FP32"),
-        ("SEED", np.array([seed], dtype=np.int64), "INT64"),
-        ("NUM_FRAMES", np.array([n], dtype=np.int32), "INT32"),
-    ]
-    if mode is not None:
-        tensors.append(("MODE", np.array([mode.encode()], dtype=np.object_), "BYTES"))
+    tensors = _oneshot_tensors(image, c2w, K, seed, num_frames, mode)
     inputs = []
     for name, arr, dtype in tensors:
         inp = httpclient.InferInput(name, list(arr.shape), dtype)
@@ -71,6 +71,180 @@ def request_video(
     with httpclient.InferenceServerClient(url, connection_timeout=timeout_s, network_timeout=timeout_s) as client:
         result = client.infer(model_name, inputs, outputs=outputs)
     return result.as_numpy("VIDEO")
+
+
+def _oneshot_tensors(image, c2w, K, seed, num_frames, mode) -> list[tuple[str, np.ndarray, str]]:
+    tensors = [
+        ("IMAGE", np.ascontiguousarray(image), "UINT8"),
+        ("C2W", np.ascontiguousarray(c2w, dtype=np.float32), "FP32"),
+        ("INTRINSICS", np.ascontiguousarray(K, dtype=np.float32), "FP32"),
+        ("SEED", np.array([seed], dtype=np.int64), "INT64"),
+    ]
+    if num_frames is not None:
+        tensors.append(("NUM_FRAMES", np.array([num_frames], dtype=np.int32), "INT32"))
+    if mode is not None:
+        tensors.append(("MODE", np.array([mode.encode()], dtype=np.object_), "BYTES"))
+    return tensors
+
+
+def _grpc_inputs(tensors):
+    import tritonclient.grpc as grpcclient
+
+    inputs = []
+    for name, arr, dtype in tensors:
+        inp = grpcclient.InferInput(name, list(arr.shape), dtype)
+        inp.set_data_from_numpy(arr)
+        inputs.append(inp)
+    return inputs
+
+
+def stream_video(
+    url: str,
+    image: np.ndarray,
+    c2w: np.ndarray,
+    K: np.ndarray,
+    seed: int = 0,
+    num_frames: int | None = None,
+    model_name: str = STREAM_MODEL,
+    mode: str | None = None,
+    timeout_s: float = 600.0,
+) -> Iterator[np.ndarray]:
+    """Ask the decoupled model over a gRPC stream; yield each chunk's frames uint8 (n_k, H, W, 3) as it
+    arrives (the first after about one chunk's work). ``url`` is the gRPC ``host:port``.
+
+    Raises ``InferenceServerException`` with the server's message for a bad request.
+    """
+    import queue
+
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    answers: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        client.start_stream(callback=lambda result, error: answers.put((result, error)),
+                            stream_timeout=timeout_s)
+        client.async_stream_infer(model_name, _grpc_inputs(_oneshot_tensors(image, c2w, K, seed, num_frames, mode)),
+                                  enable_empty_final_response=True)
+        while True:
+            try:
+                result, error = answers.get(timeout=timeout_s)
+            except queue.Empty:
+                raise InferenceServerException(f"no answer from {model_name} in {timeout_s:.0f} s") from None
+            if error is not None:
+                raise error
+            response = result.get_response()
+            if response.parameters["triton_final_response"].bool_param and not response.outputs:
+                return
+            yield result.as_numpy("VIDEO")
+            if response.parameters["triton_final_response"].bool_param:
+                return
+    finally:
+        client.stop_stream(cancel_requests=True)
+        client.close()
+
+
+class SessionClient:
+    """One interactive session on ``sana_wm_session`` over gRPC (``url`` = gRPC ``host:port``).
+
+    ``start(image, ...)`` opens it and returns chunk 0; ``step(action=... | c2w=...)`` returns the next
+    chunk; ``end()`` frees it (also on ``with`` exit). Chunks are ``(index, frames uint8 (n,H,W,3),
+    poses float32 (n,4,4))``. The correlation id is random unless given. A refused START also sends an
+    END, so the Triton sequence slot it took is released at once rather than after the idle limit.
+    """
+
+    def __init__(self, url: str, model_name: str = SESSION_MODEL, sequence_id: int | None = None,
+                 timeout_s: float = 600.0) -> None:
+        import secrets
+
+        import tritonclient.grpc as grpcclient
+
+        self.url, self.model_name, self.timeout_s = url, model_name, timeout_s
+        self.sequence_id = int(sequence_id) if sequence_id is not None else 1 + secrets.randbelow(2**62)
+        self.client = grpcclient.InferenceServerClient(url)
+        self.live = False
+
+    def _infer(self, tensors, start=False, end=False):
+        return self.client.infer(self.model_name, _grpc_inputs(tensors), sequence_id=self.sequence_id,
+                                 sequence_start=start, sequence_end=end, client_timeout=self.timeout_s)
+
+    @staticmethod
+    def _steer(action: str | None, c2w: np.ndarray | None) -> list:
+        tensors = []
+        if action is not None:
+            tensors.append(("ACTION", np.array([action.encode()], dtype=np.object_), "BYTES"))
+        if c2w is not None:
+            tensors.append(("C2W", np.ascontiguousarray(c2w, dtype=np.float32), "FP32"))
+        return tensors
+
+    @staticmethod
+    def _chunk(result) -> tuple[int, np.ndarray, np.ndarray]:
+        return int(result.as_numpy("CHUNK_INDEX")[0]), result.as_numpy("FRAMES"), result.as_numpy("POSES")
+
+    def start(self, image: np.ndarray, action: str | None = None, c2w: np.ndarray | None = None,
+              intrinsics: np.ndarray | None = None, seed: int = 0, mode: str | None = None,
+              prompt: str | None = None):
+        from tritonclient.utils import InferenceServerException
+
+        tensors = [("IMAGE", np.ascontiguousarray(image, dtype=np.uint8), "UINT8"),
+                   ("SEED", np.array([seed], dtype=np.int64), "INT64")]
+        if intrinsics is not None:
+            tensors.append(("INTRINSICS", np.ascontiguousarray(intrinsics, dtype=np.float32), "FP32"))
+        if mode is not None:
+            tensors.append(("MODE", np.array([mode.encode()], dtype=np.object_), "BYTES"))
+        if prompt is not None:
+            tensors.append(("PROMPT", np.array([prompt.encode()], dtype=np.object_), "BYTES"))
+        try:
+            result = self._infer(tensors + self._steer(action, c2w), start=True)
+        except InferenceServerException as err:
+            # Free the Triton slot a refused START took, unless the refusal says the id is live: then an
+            # END would end that live session.
+            if not self.live and "already live" not in str(err):
+                self._release()
+            raise
+        self.live = True
+        return self._chunk(result)
+
+    def step(self, action: str | None = None, c2w: np.ndarray | None = None, end: bool = False):
+        result = self._infer(self._steer(action, c2w), end=end)
+        if end:
+            self.live = False
+        return self._chunk(result)
+
+    def _release(self) -> None:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            self._infer([], end=True)
+        except InferenceServerException:
+            pass  # the model has no such session: expected; Triton has released the slot all the same
+
+    def end(self) -> None:
+        """Free the session now (idempotent on this side)."""
+        if self.live:
+            self.live = False
+            self._infer([], end=True)
+
+    def close(self) -> None:
+        try:
+            self.end()
+        finally:
+            self.client.close()
+
+    def __enter__(self) -> SessionClient:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def session_chunk_sizes(first_chunk_poses: int, chunk_poses: int, total_poses: int) -> list[int]:
+    """Poses per request for ``total_poses`` new frames: the first chunk, then whole chunks (the last
+    one padded by the caller, since a session generates whole chunks)."""
+    sizes = [first_chunk_poses]
+    while sum(sizes) < total_poses:
+        sizes.append(chunk_poses)
+    return sizes
 
 
 def write_mp4(video: np.ndarray, path: str | Path, fps: float) -> Path:
@@ -133,7 +307,81 @@ def load_image(path: str | Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
+def _session_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m serving.client session",
+                                 description="drive an interactive session from the terminal and write the mp4")
+    ap.add_argument("--image", required=True, type=Path, help="first frame (PNG/JPEG), the model's size")
+    ap.add_argument("--actions", required=True,
+                    help="timeline, e.g. 'w 2s; q 1s' (w/a/s/d move, q/e yaw, r/f pitch, hold)")
+    ap.add_argument("-o", "--out", type=Path, default=Path("session.mp4"), help="output .mp4")
+    ap.add_argument("--url", default="127.0.0.1:8001", help="server gRPC host:port")
+    ap.add_argument("--model", default=SESSION_MODEL, help="session model name in the repository")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mode", choices=("few_step", "streaming"), default=None)
+    ap.add_argument("--prompt", default=None)
+    ap.add_argument("--fps", type=float, default=None, help="the model's fps (default: ask the server)")
+    args = ap.parse_args(argv)
+
+    import tritonclient.grpc as grpcclient
+    from tqdm.auto import tqdm
+    from tritonclient.utils import InferenceServerException
+
+    from model.trajectory import default_intrinsics, trajectory_from_actions
+
+    try:
+        image = load_image(args.image)
+        with grpcclient.InferenceServerClient(args.url) as meta_client:
+            cfg = meta_client.get_model_config(args.model).config
+        params = {k: v.string_value for k, v in cfg.parameters.items()}
+        fps, first_n, chunk_n = _session_geometry(params, args.fps)
+        h, w = image.shape[:2]
+        # r/f (pitch) are keys of the session DSL only; the timeline DSL spells them out.
+        timeline = ";".join(_expand_pitch_keys(c) for c in args.actions.split(";"))
+        traj = trajectory_from_actions(timeline, fps=fps, K=default_intrinsics(h, w))
+        new_poses = traj.c2w[1:]
+        sizes = session_chunk_sizes(first_n, chunk_n, len(new_poses))
+        pad = sum(sizes) - len(new_poses)
+        poses = np.concatenate([new_poses, np.repeat(new_poses[-1:], pad, axis=0)])  # hold the last pose
+        frames, offset = [], 0
+        with SessionClient(args.url, args.model) as session, \
+                tqdm(total=len(sizes), desc="chunks", unit="chunk") as bar:
+            for k, n in enumerate(sizes):
+                c2w = poses[offset:offset + n]
+                offset += n
+                if k == 0:
+                    _, chunk, _ = session.start(image, c2w=c2w, seed=args.seed, mode=args.mode, prompt=args.prompt)
+                else:
+                    _, chunk, _ = session.step(c2w=c2w)
+                frames.append(chunk)
+                bar.update(1)
+    except (ValueError, OSError, InferenceServerException) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    video = np.concatenate(frames)
+    write_mp4(video, args.out, fps)
+    print(f"wrote {args.out} ({video.shape[0]} frames {video.shape[2]}x{video.shape[1]} @ {fps:g} fps)")
+    return 0
+
+
+def _expand_pitch_keys(command: str) -> str:
+    tokens = command.split()
+    if tokens and tokens[0].lower() in ("r", "f"):
+        tokens[0] = "pitch_up" if tokens[0].lower() == "r" else "pitch_down"
+    return " ".join(tokens)
+
+
+def _session_geometry(params: dict[str, str], fps: float | None) -> tuple[float, int, int]:
+    """(fps, poses of the first chunk, poses per later chunk) from the session model's parameters."""
+    try:
+        return (float(fps or params["fps"]), int(params["first_chunk_poses"]), int(params["chunk_poses"]))
+    except KeyError as err:
+        raise ValueError(f"session model config lacks parameter {err}; rebuild the repository") from None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "session":
+        return _session_main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m serving.client", description=__doc__.splitlines()[0])
     ap.add_argument("--image", required=True, type=Path, help="first frame (PNG/JPEG), the model's size")
     ap.add_argument("--trajectory", required=True, type=Path, help=".npz with c2w, intrinsics, fps")
@@ -141,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--url", default="127.0.0.1:8000", help="server HTTP host:port")
     ap.add_argument("--model", default=DEFAULT_MODEL, help="model name in the repository")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--frames", type=int, default=None, help="raw frames to generate (default: all poses)")
+    ap.add_argument("--frames", type=int, default=None, help="raw frames (optional; must equal the pose count)")
     ap.add_argument("--mode", choices=("streaming", "bidirectional", "few_step"), default=None)
     ap.add_argument("--contact-sheet", type=Path, default=None, help="also write a PNG grid of the frames")
     args = ap.parse_args(argv)

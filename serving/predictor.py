@@ -9,14 +9,18 @@ Frame-count policy (chosen, not rounded): the causal VAE only decodes ``1 + temp
 frames, so any other ``num_frames`` is *rejected* with a message that names the two nearest valid
 counts. Rounding up would silently need camera poses the client never sent; rounding down would
 silently drop frames the client asked for. ``num_frames`` may be smaller than the trajectory length:
-the first ``num_frames`` poses are used. The smallest video is ``1 + temporal_stride`` frames (the
-conditioning image's latent frame plus one generated latent frame).
+``num_frames`` is optional: the video has one frame per pose, and a ``num_frames`` that disagrees with
+the number of poses is rejected (it used to silently drop poses). The smallest video is
+``1 + temporal_stride`` frames (the conditioning image's latent frame plus one generated latent frame).
+
+``predict`` returns the whole video; ``stream`` yields it chunk by chunk as each chunk is decoded (the
+decoupled Triton model sends each as one response), so the first frames arrive after one chunk's work.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +128,7 @@ class Predictor:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int, str]:
         """Check a request; return (image uint8 (H,W,3), c2w f64 (n,4,4), K f64 (n,3,3), seed, n, mode).
 
-        ``num_frames=None`` means all N poses. Raises ``RequestError`` naming the first problem found.
+        ``num_frames=None`` means all N poses (a given one must equal N). Raises ``RequestError`` naming the first problem found.
         """
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
             raise RequestError(f"IMAGE must be a uint8 array, got {getattr(image, 'dtype', type(image))}")
@@ -146,15 +150,17 @@ class Predictor:
         if not np.isfinite(intrinsics).all():
             raise RequestError("INTRINSICS contains NaN or inf")
 
-        num_frames = c2w.shape[0] if num_frames is None else _as_int(num_frames, "NUM_FRAMES")
+        n_poses = c2w.shape[0]
+        num_frames = n_poses if num_frames is None else _as_int(num_frames, "NUM_FRAMES")
+        if num_frames != n_poses:
+            raise RequestError(f"NUM_FRAMES={num_frames} but C2W has {n_poses} poses; they must agree "
+                               f"(one frame per pose), or leave NUM_FRAMES out")
         min_frames = 1 + self.temporal_stride  # one latent frame beyond the conditioning image
         if num_frames < min_frames:
             raise RequestError(f"NUM_FRAMES must be >= {min_frames} (1 + {self.temporal_stride}), got {num_frames}")
         if num_frames > self.max_frames:
             raise RequestError(f"NUM_FRAMES={num_frames} is too many frames: this server allows at most "
                                f"{self.max_frames}")
-        if num_frames > c2w.shape[0]:
-            raise RequestError(f"NUM_FRAMES={num_frames} but the trajectory (C2W) has only {c2w.shape[0]} poses")
         if (num_frames - 1) % self.temporal_stride:
             below, above = self.valid_frame_counts(num_frames)
             raise RequestError(
@@ -198,7 +204,7 @@ class Predictor:
             c2w: (N, 4, 4) camera-to-world, OpenCV axes, metres.
             intrinsics: (N, 3, 3) pixel intrinsics.
             seed: noise seed in [0, 2**63-1]; the same seed gives the same video.
-            num_frames: raw frames n <= N, of the form 1 + temporal_stride*k, k >= 1 (None: all N poses).
+            num_frames: optional; if given it must equal N, which must be 1 + temporal_stride*k, k >= 1.
             mode: sampling mode (None: ``default_mode``).
         Returns:
             uint8 (n, H, W, 3).
@@ -212,6 +218,49 @@ class Predictor:
         if video.shape != expected or video.dtype != np.uint8:
             raise RuntimeError(f"pipeline returned {video.dtype} {video.shape}, expected uint8 {expected}")
         return video
+
+    def stream(
+        self,
+        image: np.ndarray,
+        c2w: np.ndarray,
+        intrinsics: np.ndarray,
+        seed: int = 0,
+        num_frames: int | None = None,
+        mode: str | None = None,
+        prompt: str = "",
+    ) -> Iterator[np.ndarray]:
+        """Validate (eagerly: a bad request raises before the first chunk), then yield the video chunk by
+        chunk: uint8 (n_k, H, W, 3) pieces whose concatenation is the ``predict`` video.
+
+        ``streaming``/``few_step`` run a ``serving.session.StreamingSession`` over the trajectory's
+        chunks (``config.chunks.chunk_lengths``); ``bidirectional`` denoises all frames jointly, so it
+        yields the whole video once.
+        """
+        image, c2w, intrinsics, seed, n, mode = self.validate(image, c2w, intrinsics, seed, num_frames, mode)
+        return self._stream(image, c2w, intrinsics, seed, n, mode, prompt)
+
+    def _stream(self, image, c2w, intrinsics, seed, n, mode, prompt) -> Iterator[np.ndarray]:
+        if mode == "bidirectional":
+            yield self.predict(image, c2w, intrinsics, seed=seed, mode=mode, prompt=prompt)
+            return
+        from model.camera import relative_to_first
+        from serving.session import StreamingSession
+
+        if not np.allclose(intrinsics, intrinsics[:1], atol=1e-6):
+            # One K per session: a zoom inside a trajectory has no per-chunk form yet.
+            yield self.predict(image, c2w, intrinsics, seed=seed, mode=mode, prompt=prompt)
+            return
+        cfg = self.pipeline.config
+        rel = relative_to_first(c2w).numpy()
+        session = StreamingSession(self.pipeline, image, intrinsics[0], seed=seed, prompt=prompt, mode=mode,
+                                   num_steps=self.num_steps)
+        lens = cfg.chunks.chunk_lengths(cfg.vae.num_latent_frames(n))
+        start = 1  # frame 0 is the conditioning image
+        for k, f in enumerate(lens):
+            count = self.temporal_stride * (f - 1 if k == 0 else f)
+            frames, _ = session.step(c2w=rel[start:start + count], partial=True)
+            start += count
+            yield frames
 
 
 def _float_array(x: Any, name: str, tail: tuple[int, int]) -> np.ndarray:

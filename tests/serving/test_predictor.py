@@ -17,8 +17,8 @@ def predictor(bundle) -> Predictor:
 
 def test_generates_from_float32_wire_arrays(predictor, first_frame, trajectory):
     # The Triton wire form: FP32 poses, one-element INT64/INT32 arrays, MODE as bytes.
-    video = predictor.predict(first_frame, trajectory.c2w.astype(np.float32),
-                              trajectory.intrinsics.astype(np.float32), seed=np.array([1], np.int64),
+    video = predictor.predict(first_frame, trajectory.c2w[:N_FRAMES].astype(np.float32),
+                              trajectory.intrinsics[:N_FRAMES].astype(np.float32), seed=np.array([1], np.int64),
                               num_frames=np.array([N_FRAMES], np.int32), mode=b"few_step")
     assert video.shape == (N_FRAMES, H, W, 3) and video.dtype == np.uint8
     assert video.std() > 0  # a real decode, not a constant fill
@@ -63,17 +63,35 @@ def _scaled(c2w):
     ],
 )
 def test_bad_request_names_the_problem(predictor, first_frame, trajectory, change, match):
+    n = change.get("num_frames", N_FRAMES)  # as many poses as frames: only the named problem remains
     image = change.get("image", lambda x: x)(first_frame)
-    c2w = change.get("c2w", lambda x: x)(trajectory.c2w)
-    K = change.get("K", lambda x: x)(trajectory.intrinsics)
+    c2w = change.get("c2w", lambda x: x)(trajectory.c2w[:n])
+    K = change.get("K", lambda x: x)(trajectory.intrinsics[:n])
     with pytest.raises(RequestError, match=match):
         predictor.predict(image, c2w, K, seed=change.get("seed", 0),
                           num_frames=change.get("num_frames", N_FRAMES), mode=change.get("mode"))
 
 
-def test_frame_count_beyond_trajectory_is_rejected(predictor, first_frame, trajectory):
-    with pytest.raises(RequestError, match="trajectory .* has only 5 poses"):
-        predictor.predict(first_frame, trajectory.c2w[:5], trajectory.intrinsics[:5], num_frames=9)
+@pytest.mark.parametrize("num_frames, poses", [(9, 5), (5, 9)])
+def test_frame_count_disagreeing_with_the_poses_is_rejected(predictor, first_frame, trajectory, num_frames, poses):
+    # Both ways: asking for more frames than poses, and sending more poses than frames (once silently cut).
+    with pytest.raises(RequestError, match=f"NUM_FRAMES={num_frames} but C2W has {poses} poses"):
+        predictor.predict(first_frame, trajectory.c2w[:poses], trajectory.intrinsics[:poses], num_frames=num_frames)
+
+
+def test_num_frames_is_optional(predictor, first_frame, trajectory):
+    video = predictor.predict(first_frame, trajectory.c2w[:N_FRAMES], trajectory.intrinsics[:N_FRAMES])
+    assert video.shape == (N_FRAMES, H, W, 3)
+
+
+def test_stream_chunks_concatenate_to_the_whole_video(predictor, first_frame, trajectory):
+    n = MAX_FRAMES  # 9 raw = 3 latent frames: one first chunk (4 latent frames would be 13 raw)
+    c2w, K = trajectory.c2w[:n], trajectory.intrinsics[:n]
+    whole = predictor.predict(first_frame, c2w, K, seed=4)
+    chunks = list(predictor.stream(first_frame, c2w, K, seed=4))
+    np.testing.assert_array_equal(np.concatenate(chunks), whole)
+    with pytest.raises(RequestError, match="C2W .*NaN"):  # validation is eager: before the first chunk
+        predictor.stream(first_frame, np.full_like(c2w, np.nan), K)
 
 
 def test_request_error_is_a_value_error():

@@ -21,14 +21,14 @@ from tests.serving.conftest import MAX_FRAMES, N_FRAMES, H, W
 
 pytestmark = pytest.mark.slow  # server start + model load + generation: tens of seconds on 2 cores
 
-MODEL = "sana_wm"
+MODEL = "sana_wm_video"  # the whole-video HTTP route; the decoupled stream model is tested in test_session_server
 
 
 @pytest.fixture(scope="module")
 def repo(bundle, tmp_path_factory) -> Path:
     bundle_dir, loader = bundle
-    return build_repository(bundle_dir, tmp_path_factory.mktemp("triton") / "repo", model_name=MODEL,
-                            max_frames=MAX_FRAMES, default_mode="few_step", loader=loader)
+    return build_repository(bundle_dir, tmp_path_factory.mktemp("triton") / "repo", models=("video",),
+                            max_video_frames=MAX_FRAMES, default_mode="few_step", loader=loader)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def server(repo, tmp_path_factory):
 
 
 def test_round_trip_shape_dtype_and_determinism(server, first_frame, trajectory):
-    args = (server.http_url, first_frame, trajectory.c2w, trajectory.intrinsics)
+    args = (server.http_url, first_frame, trajectory.c2w[:N_FRAMES], trajectory.intrinsics[:N_FRAMES])
     a = request_video(*args, seed=11, num_frames=N_FRAMES, model_name=MODEL)
     b = request_video(*args, seed=11, num_frames=N_FRAMES, model_name=MODEL)
     c = request_video(*args, seed=12, num_frames=N_FRAMES, model_name=MODEL)
@@ -60,24 +60,26 @@ BAD_REQUESTS = {  # case -> (changes to a good request, what the error must say)
     "nan": ({"c2w": _nan_c2w}, "C2W .*NaN or inf"),
     "too_many": ({"num_frames": MAX_FRAMES + 4}, f"too many frames.*at most {MAX_FRAMES}"),
     "frame_rule": ({"num_frames": 6}, r"NUM_FRAMES=6 is not 1 \+ 4\*k"),
+    "disagree": ({"num_frames": N_FRAMES, "poses": MAX_FRAMES}, f"NUM_FRAMES={N_FRAMES} but C2W has {MAX_FRAMES}"),
     "mode": ({"mode": "warp"}, "MODE must be one of"),
 }
 
 
 def test_bad_requests_get_their_own_errors_and_server_keeps_serving(server, first_frame, trajectory):
     for case, (change, match) in BAD_REQUESTS.items():
+        n = change.get("poses", change.get("num_frames", N_FRAMES))
         kwargs = {
             "image": change.get("image", lambda x: x)(first_frame),
-            "c2w": change.get("c2w", lambda t: t.c2w)(trajectory),
-            "K": trajectory.intrinsics,
+            "c2w": change.get("c2w", lambda t: t.c2w)(trajectory)[:n],
+            "K": trajectory.intrinsics[:n],
             "num_frames": change.get("num_frames", N_FRAMES),
             "mode": change.get("mode"),
         }
         with pytest.raises(InferenceServerException, match=match) as err:
             request_video(server.http_url, model_name=MODEL, **kwargs)
         assert err.value.status() == "400", case  # the client's fault, not the server's
-    good = request_video(server.http_url, first_frame, trajectory.c2w, trajectory.intrinsics,
-                         num_frames=N_FRAMES, model_name=MODEL)
+    good = request_video(server.http_url, first_frame, trajectory.c2w[:N_FRAMES], trajectory.intrinsics[:N_FRAMES],
+                         model_name=MODEL)  # NUM_FRAMES left out: one frame per pose
     assert good.shape == (N_FRAMES, H, W, 3)
     with httpclient.InferenceServerClient(server.http_url) as client:
         assert client.is_server_ready() and client.is_model_ready(MODEL)
@@ -106,5 +108,5 @@ def test_client_cli_reports_server_error(server, first_frame, trajectory, tmp_pa
     save_trajectory(trajectory, tmp_path / "traj.npz")
     rc = client_main(["--image", str(tmp_path / "first.png"), "--trajectory", str(tmp_path / "traj.npz"),
                       "-o", str(tmp_path / "x.mp4"), "--url", server.http_url, "--frames", "6"])
-    assert rc == 1 and "NUM_FRAMES=6" in capsys.readouterr().err
+    assert rc == 1 and "NUM_FRAMES=6 but C2W has" in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()

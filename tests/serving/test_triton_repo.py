@@ -7,7 +7,7 @@ import ast
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from serving.adapters import PYTHON_MODEL_TEMPLATE
+from serving.adapters import BOOTSTRAP, PYTHON_MODEL_TEMPLATE, SESSION_MODEL_TEMPLATE, STREAM_MODEL_TEMPLATE
 from serving.triton_repo import build_repository, read_model_config
 from tests.serving.conftest import H, W
 
@@ -15,41 +15,85 @@ from tests.serving.conftest import H, W
 @pytest.fixture()
 def repo(bundle, tmp_path):
     bundle_dir, loader = bundle
-    return build_repository(bundle_dir, tmp_path / "repo", model_name="wm", max_frames=9, loader=loader)
+    return build_repository(bundle_dir, tmp_path / "repo", model_name="wm", max_video_frames=9, loader=loader,
+                            max_sessions=3, spare_slots=2, idle_timeout_s=30)
 
 
-def test_config_pbtxt_declares_the_contract_tensors(repo, bundle):
-    cfg = read_model_config(repo / "wm")  # text_format.Parse: fails on any unknown field or bad enum
-    assert (cfg.name, cfg.backend, cfg.max_batch_size) == ("wm", "python", 0)
-    inputs = {t.name: (t.data_type, list(t.dims), t.optional) for t in cfg.input}
-    assert inputs == {
-        "IMAGE": (mc.TYPE_UINT8, [H, W, 3], False),
-        "C2W": (mc.TYPE_FP32, [-1, 4, 4], False),
-        "INTRINSICS": (mc.TYPE_FP32, [-1, 3, 3], False),
-        "SEED": (mc.TYPE_INT64, [1], False),
-        "NUM_FRAMES": (mc.TYPE_INT32, [1], False),
-        "MODE": (mc.TYPE_STRING, [1], True),
-    }
+ONESHOT_INPUTS = {
+    "IMAGE": (mc.TYPE_UINT8, [H, W, 3], False),
+    "C2W": (mc.TYPE_FP32, [-1, 4, 4], False),
+    "INTRINSICS": (mc.TYPE_FP32, [-1, 3, 3], False),
+    "SEED": (mc.TYPE_INT64, [1], False),
+    "NUM_FRAMES": (mc.TYPE_INT32, [1], True),  # optional now; the adapter rejects a disagreeing one
+    "MODE": (mc.TYPE_STRING, [1], True),
+}
+
+
+def _inputs(cfg):
+    return {t.name: (t.data_type, list(t.dims), t.optional) for t in cfg.input}
+
+
+def test_video_model_declares_the_contract_tensors(repo, bundle):
+    cfg = read_model_config(repo / "wm_video")  # text_format.Parse: fails on any unknown field or bad enum
+    assert (cfg.name, cfg.backend, cfg.max_batch_size) == ("wm_video", "python", 0)
+    assert _inputs(cfg) == ONESHOT_INPUTS
     assert [(t.name, t.data_type, list(t.dims)) for t in cfg.output] == [("VIDEO", mc.TYPE_UINT8, [-1, H, W, 3])]
     assert [(g.kind, g.count) for g in cfg.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 1)]
+    assert not cfg.model_transaction_policy.decoupled
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     assert params["bundle_dir"] == str(bundle[0].resolve())
     assert params["max_frames"] == "9"
 
 
-def test_model_py_is_the_adapter_with_the_backend_entry_points(repo):
-    source = (repo / "wm" / "1" / "model.py").read_text()
-    assert source == PYTHON_MODEL_TEMPLATE.read_text()
-    classes = {n.name: n for n in ast.parse(source).body if isinstance(n, ast.ClassDef)}
-    methods = {f.name for f in classes["TritonPythonModel"].body if isinstance(f, ast.FunctionDef)}
-    assert {"initialize", "execute", "finalize"} <= methods
+def test_stream_model_is_decoupled_with_a_minute_cap(repo):
+    cfg = read_model_config(repo / "wm")
+    assert cfg.model_transaction_policy.decoupled and _inputs(cfg) == ONESHOT_INPUTS
+    assert [t.name for t in cfg.output] == ["VIDEO", "CHUNK_INDEX"]
+    # a minute at the tiny preset's 8 fps, on the 1 + 4k frame grid
+    assert cfg.parameters["max_frames"].string_value == str(1 + 4 * (60 * 8 // 4))
+
+
+def test_session_model_has_sequence_controls_and_slots_above_the_limit(repo):
+    cfg = read_model_config(repo / "wm_session")
+    assert cfg.max_batch_size == 0 and all(t.optional for t in cfg.input)
+    assert {t.name for t in cfg.input} == {"IMAGE", "INTRINSICS", "SEED", "MODE", "PROMPT", "ACTION", "C2W"}
+    assert [t.name for t in cfg.output] == ["FRAMES", "CHUNK_INDEX", "POSES"]
+    sb = cfg.sequence_batching
+    C = mc.ModelSequenceBatching.Control
+    kinds = {c.name: c.control[0].kind for c in sb.control_input}
+    assert kinds == {"START": C.CONTROL_SEQUENCE_START, "END": C.CONTROL_SEQUENCE_END,
+                     "CORRID": C.CONTROL_SEQUENCE_CORRID}
+    assert sb.oldest.max_candidate_sequences == 3 + 2  # limit + spare: a START past the limit reaches the model
+    assert sb.max_sequence_idle_microseconds > 30_000_000  # Triton forgets a little after the model reaps
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert (params["max_sessions"], params["idle_timeout_s"]) == ("3", "30.0")
+    assert (params["first_chunk_poses"], params["chunk_poses"]) == ("12", "12")
+
+
+def test_model_py_are_the_adapters_with_the_backend_entry_points(repo):
+    for name, template in (("wm", STREAM_MODEL_TEMPLATE), ("wm_video", PYTHON_MODEL_TEMPLATE),
+                           ("wm_session", SESSION_MODEL_TEMPLATE)):
+        source = (repo / name / "1" / "model.py").read_text()
+        assert source == template.read_text()
+        assert (repo / name / "1" / BOOTSTRAP.name).read_text() == BOOTSTRAP.read_text()
+        classes = {n.name: n for n in ast.parse(source).body if isinstance(n, ast.ClassDef)}
+        methods = {f.name for f in classes["TritonPythonModel"].body if isinstance(f, ast.FunctionDef)}
+        assert {"initialize", "execute", "finalize"} <= methods
+
+
+def test_gpu_placement_and_instance_count(bundle, tmp_path):
+    repo = build_repository(bundle[0], tmp_path / "gpu", device="cuda:1", instance_count=2, models=("session",))
+    cfg = read_model_config(repo / "sana_wm_session")
+    assert [(g.kind, g.count, list(g.gpus)) for g in cfg.instance_group] == [(mc.ModelInstanceGroup.KIND_GPU, 2, [1])]
+    assert cfg.parameters["device"].string_value == "cuda:1"
+    assert sorted(p.name for p in repo.iterdir()) == ["sana_wm_session"]
 
 
 def test_rebuild_replaces_in_place_and_leaves_no_staging_dirs(repo, bundle):
     bundle_dir, loader = bundle
-    build_repository(bundle_dir, repo, model_name="wm", max_frames=5, loader=loader)
-    assert read_model_config(repo / "wm").parameters["max_frames"].string_value == "5"
-    assert sorted(p.name for p in repo.iterdir()) == ["wm"]
+    build_repository(bundle_dir, repo, model_name="wm", max_video_frames=5, loader=loader)
+    assert read_model_config(repo / "wm_video").parameters["max_frames"].string_value == "5"
+    assert sorted(p.name for p in repo.iterdir()) == ["wm", "wm_session", "wm_video"]
     assert sorted(p.name for p in repo.parent.iterdir()) == ["repo"]  # no .tmp-/.old- leftovers
 
 
@@ -63,3 +107,9 @@ def test_bad_arguments_are_named(bundle, tmp_path):
         build_repository(bundle_dir, tmp_path / "repo", model_name="a/b")
     with pytest.raises(ValueError, match="max_frames"):
         build_repository(bundle_dir, tmp_path / "repo", max_frames=0)
+    with pytest.raises(ValueError, match="spare_slots must be >= 1"):
+        build_repository(bundle_dir, tmp_path / "repo", spare_slots=0)
+    with pytest.raises(ValueError, match="device must be"):
+        build_repository(bundle_dir, tmp_path / "repo", device="tpu")
+    with pytest.raises(ValueError, match="models must be"):
+        build_repository(bundle_dir, tmp_path / "repo", models=("ensemble",))
