@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from components.annotate import metrics as M
 from components.annotate.poses import estimate_poses
 from components.ingest.synthetic import ClipSpec, render_clip
-from components.ingest.video_io import read_video, write_video
+from model.video_io import read_video, write_video
 
 KINDS = ("walk_forward", "orbit", "pure_yaw", "strafe", "mixed")
 SPEEDS = ("slow", "fast")

@@ -46,12 +46,12 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
-    from components.ingest.video_io import write_video
     from model.pipeline import WorldModelPipeline
     from model.trajectory import load_trajectory
+    from model.video_io import write_video
 
     pipe = WorldModelPipeline.from_pretrained(args.bundle)
     image = np.asarray(Image.open(args.image).convert("RGB"))

@@ -31,7 +31,14 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from model.config import ChunkConfig, SamplerConfig, TextEncoderConfig, VAEConfig, WorldModelConfig, get_preset
+from model.config import (
+    ChunkConfig,
+    SamplerConfig,
+    TextEncoderConfig,
+    VAEConfig,
+    WorldModelConfig,
+    get_preset,
+)
 
 __all__ = ["import_diffusers_pipeline", "import_sana_streaming"]
 

@@ -30,8 +30,13 @@ from typing import Any
 import torch
 
 from model.camera import CameraCondition
-from model.checkpoint import CheckpointMismatchError, apply_state_dict, atomic_directory, load_state_dict, \
-    write_state_dict
+from model.checkpoint import (
+    CheckpointMismatchError,
+    apply_state_dict,
+    atomic_directory,
+    load_state_dict,
+    write_state_dict,
+)
 from model.config import ChunkConfig, NetworkConfig
 from model.network import TIMESTEP_SCALE, SanaWM
 

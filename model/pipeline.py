@@ -231,20 +231,6 @@ class WorldModelPipeline:
         return pipe
 
 
-def _write_mp4(frames: np.ndarray, path: Path, fps: float) -> None:
-    from fractions import Fraction
-
-    import av
-
-    with av.open(str(path), mode="w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        for f in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
-        out.mux(stream.encode(None))
-
-
 def generate_to_file(pipeline: WorldModelPipeline, image_path: str | os.PathLike,
                      trajectory_path: str | os.PathLike, out_path: str | os.PathLike, **generate_kwargs: Any) -> Path:
     """Read an RGB image and a SANA-WM-Bench ``.npz`` trajectory, generate, and write ``out_path``
@@ -266,7 +252,9 @@ def generate_to_file(pipeline: WorldModelPipeline, image_path: str | os.PathLike
         if out.suffix == ".npy":
             np.save(tmp, video)
         else:
-            _write_mp4(video, Path(tmp), traj.fps)
+            from model.video_io import write_video
+
+            write_video(video, Path(tmp), traj.fps)
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -96,8 +96,13 @@ def tiny_refiner(latent_channels: int, temporal_stride: int = 4, spatial_stride:
     from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
     from diffusers.pipelines.sana_wm.refiner import SanaWMLTX2Refiner
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig,
-                              PreTrainedTokenizerFast, SiglipVisionConfig)
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3TextConfig,
+        PreTrainedTokenizerFast,
+        SiglipVisionConfig,
+    )
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

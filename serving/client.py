@@ -21,10 +21,11 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+
+from model.video_io import write_video
 
 DEFAULT_MODEL = "sana_wm_video"  # the whole-video route; "sana_wm" is decoupled (gRPC streams only)
 STREAM_MODEL = "sana_wm"
@@ -247,34 +248,6 @@ def session_chunk_sizes(first_chunk_poses: int, chunk_poses: int, total_poses: i
     return sizes
 
 
-def write_mp4(video: np.ndarray, path: str | Path, fps: float) -> Path:
-    """Encode uint8 (N, H, W, 3) RGB as H.264 (yuv420p) mp4 with PyAV; temp file then rename."""
-    import av
-
-    if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
-        raise ValueError(f"video must be uint8 (N, H, W, 3), got {video.dtype} {video.shape}")
-    _, h, w, _ = video.shape
-    if h % 2 or w % 2:
-        raise ValueError(f"H.264 yuv420p needs even height and width, got {h}x{w}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".mp4")
-    os.close(fd)
-    try:
-        with av.open(tmp, mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-            for frame in video:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-            container.mux(stream.encode())  # flush the encoder
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def contact_sheet(video: np.ndarray, path: str | Path, columns: int | None = None, pad: int = 2) -> Path:
     """Save a grid of all frames uint8 (N, H, W, 3) as a PNG (rows of ``columns`` frames)."""
     from PIL import Image
@@ -358,7 +331,7 @@ def _session_main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     video = np.concatenate(frames)
-    write_mp4(video, args.out, fps)
+    write_video(video, args.out, fps)
     print(f"wrote {args.out} ({video.shape[0]} frames {video.shape[2]}x{video.shape[1]} @ {fps:g} fps)")
     return 0
 
@@ -406,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, InferenceServerException) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    write_mp4(video, args.out, traj.fps)
+    write_video(video, args.out, traj.fps)
     print(f"wrote {args.out} ({video.shape[0]} frames {video.shape[2]}x{video.shape[1]} @ {traj.fps:g} fps)")
     if args.contact_sheet:
         contact_sheet(video, args.contact_sheet)

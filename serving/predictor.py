@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from serving.errors import SEED_MAX, RequestError  # noqa: F401  (re-exported: callers catch RequestError here)
+
 MODES = ("streaming", "bidirectional", "few_step")
-SEED_MAX = 2**63 - 1  # the wire type is INT64; torch.Generator.manual_seed takes any non-negative int64
 DEFAULT_LOADER = "serving.predictor:load_pipeline"
 
 
@@ -42,10 +43,6 @@ def load_pipeline(bundle_dir: str | Path, device: str = "cpu") -> Any:
     from model.pipeline import WorldModelPipeline
 
     return WorldModelPipeline.from_pretrained(bundle_dir, device=device)
-
-
-class RequestError(ValueError):
-    """A request the model cannot serve; the message names the input and what is wrong with it."""
 
 
 def resolve_loader(spec: str) -> Callable[[Path], Any]:

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from serving.predictor import SEED_MAX, RequestError
+from serving.errors import SEED_MAX, RequestError
 
 SESSION_MODES = ("few_step", "streaming")
 MAX_ACTION_BYTES = 256  # a chunk's action is a few keys; anything longer is a client bug or abuse

@@ -94,7 +94,8 @@ def create_app(config: ViewerConfig, clip_dir: str | Path | None = None):
     from fastapi import FastAPI, HTTPException, WebSocket, WebSocketDisconnect
     from fastapi.responses import FileResponse, HTMLResponse
 
-    from serving.client import SessionClient, write_mp4
+    from model.video_io import write_video
+    from serving.client import SessionClient
 
     clips = Path(clip_dir or tempfile.mkdtemp(prefix="sana-wm-clips-"))
     clips.mkdir(parents=True, exist_ok=True)
@@ -174,7 +175,7 @@ def create_app(config: ViewerConfig, clip_dir: str | Path | None = None):
                         if not frames:
                             raise ValueError("nothing to download yet: start a session first")
                         name = f"clip-{secrets.token_hex(6)}.mp4"
-                        await loop.run_in_executor(None, write_mp4, np.stack(frames), clips / name, config.fps)
+                        await loop.run_in_executor(None, write_video, np.stack(frames), clips / name, config.fps)
                         await socket.send_json({"type": "clip", "url": f"/clips/{name}"})
                     else:
                         raise ValueError(f"unknown message type {kind!r}; use start, action, end or clip")

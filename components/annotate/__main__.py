@@ -37,7 +37,7 @@ def _load_key(path: str, key: str) -> np.ndarray:
 
 
 def _single(args: argparse.Namespace) -> int:
-    from components.ingest.video_io import read_video
+    from model.video_io import read_video
 
     frames, fps = read_video(args.video)
     depth = _load_key(args.depth, "depth") if args.depth else None

@@ -111,7 +111,7 @@ def annotate_clip(clip_id: str, video: Path, npz: Path | None, cfg: BatchConfig,
     id, status (kept|dropped|failed), reason, key, cached (bool), scores, confidence, metric, num_frames.
     Poses of kept clips are in ``cache_dir/<key>.npz``. Never raises on bad clip data.
     """
-    from components.ingest.video_io import read_video  # the ingest package owns decoding
+    from model.video_io import read_video  # the ingest package owns decoding
 
     try:
         key = clip_cache_key(video, npz, cfg)
@@ -258,7 +258,7 @@ def _load_sample(rec: dict, row: dict, raw: Path, cache_dir: Path, captioner) ->
         poses = {k: z[k] for k in ("c2w", "intrinsics", "fps", "confidence")}
     caption = ""
     if captioner is not None:
-        from components.ingest.video_io import read_video
+        from model.video_io import read_video
 
         frames, fps = read_video(video)
         caption = str(captioner(frames, fps))

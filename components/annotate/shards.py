@@ -22,9 +22,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
 import numpy as np
 import webdataset as wds
+
+from model.video_io import decode_mp4
 
 __all__ = ["ShardSample", "iter_shard_samples", "poses_npz_bytes", "write_manifest", "write_shards"]
 
@@ -115,18 +116,6 @@ def write_manifest(rows: Iterable[dict], shard_dir: str | os.PathLike) -> Path:
     return write_jsonl(rows, Path(shard_dir) / "manifest.jsonl")
 
 
-def _decode_mp4(data: bytes, key: str) -> np.ndarray:
-    """uint8 (N,H,W,3) RGB frames of an in-memory mp4."""
-    try:
-        with av.open(io.BytesIO(data), mode="r") as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    except (av.error.FFmpegError, ValueError) as e:
-        raise ValueError(f"shard sample {key!r}: cannot decode its mp4: {e}") from e
-    if not frames:
-        raise ValueError(f"shard sample {key!r}: mp4 has no frames")
-    return np.stack(frames)
-
-
 def _every_shard(urls):
     return urls
 
@@ -154,7 +143,7 @@ def iter_shard_samples(shard_dir: str | os.PathLike, decode: bool = True) -> Ite
             c2w, K, fps, conf = z["c2w"], z["intrinsics"], float(z["fps"]), float(z["confidence"])
         yield {
             "id": key,
-            "frames": _decode_mp4(s["mp4"], key) if decode else None,
+            "frames": decode_mp4(s["mp4"], f"shard sample {key!r}") if decode else None,
             "c2w": c2w,
             "intrinsics": K,
             "fps": fps,

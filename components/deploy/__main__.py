@@ -79,7 +79,8 @@ def deploy(model_uri: str, repo: Path, outputs: Path, logger, alias: str = "prod
     import mlflow
     from mlflow import MlflowClient
 
-    from serving.client import contact_sheet, request_video, write_mp4
+    from model.video_io import write_video
+    from serving.client import contact_sheet, request_video
     from serving.server import TritonServer
     from serving.triton_repo import build_repository
 
@@ -110,7 +111,7 @@ def deploy(model_uri: str, repo: Path, outputs: Path, logger, alias: str = "prod
         if video.ndim != 4 or video.shape[0] != c2w.shape[0] or video.shape[1:3] != image.shape[:2]:
             raise RuntimeError(f"smoke test: expected video ({c2w.shape[0]}, {image.shape[0]}, {image.shape[1]}, 3), "
                                f"got {video.shape}")
-        write_mp4(video, outputs / "video.mp4", fps)
+        write_video(video, outputs / "video.mp4", fps)
         contact_sheet(video, outputs / "contact_sheet.png")
         client.set_registered_model_alias(name, alias, version)
         smoke = {"name": name, "version": version, "alias": alias, "frames": int(video.shape[0]),

@@ -104,10 +104,10 @@ def evaluate(model_dir: Path, heldout: Path, out: Path, num_clips: int, max_fram
     from PIL import Image
 
     from components.evaluate.camera_metrics import camera_following_report, plot_camera_report
-    from model.quant.bundle import load_bundle
     from components.vae.fit import video_psnr
+    from model.quant.bundle import load_bundle
     from model.trajectory import Trajectory, save_trajectory
-    from serving.client import write_mp4
+    from model.video_io import write_video
 
     pipe = load_bundle(model_dir)  # the NVFP4 network itself when the bundle is quantized
     cfg = pipe.config
@@ -132,7 +132,7 @@ def evaluate(model_dir: Path, heldout: Path, out: Path, num_clips: int, max_fram
             rep["vae_psnr_db"] = video_psnr(pipe.vae, clip.frames)
             per_clip[clip.key] = rep
             plot_camera_report(rep, tmp / "plots" / f"{clip.key}.png")
-            write_mp4(video, tmp / "samples" / f"{clip.key}.mp4", clip.fps)
+            write_video(video, tmp / "samples" / f"{clip.key}.mp4", clip.fps)
             if i == 0:
                 Image.fromarray(clip.frames[0]).save(tmp / "smoke_input" / "image.png")
                 save_trajectory(Trajectory(clip.c2w, clip.intrinsics, clip.fps), tmp / "smoke_input" / "trajectory.npz")

@@ -17,14 +17,11 @@ _EXPORTS = {
     "IngestConfig": "sources", "ingest_videos": "sources", "read_manifest": "sources",
     "ClipSpec": "synthetic", "RenderedClip": "synthetic", "generate_dataset": "synthetic",
     "render_clip": "synthetic", "write_clip": "synthetic",
-    "VideoDecodeError": "video_io", "VideoInfo": "video_io", "iter_frames": "video_io",
-    "probe_video": "video_io", "read_video": "video_io", "write_video": "video_io",
 }
 __all__ = [  # noqa: RUF022 - grouped by module, as _EXPORTS
     "FilterConfig", "apply_filters", "score_clip", "IngestConfig", "ingest_videos", "read_manifest", "ClipSpec",
-    "RenderedClip", "generate_dataset", "render_clip", "write_clip", "VideoDecodeError", "VideoInfo",
-    "iter_frames", "probe_video", "read_video", "write_video",
-]
+    "RenderedClip", "generate_dataset", "render_clip", "write_clip",
+]  # video I/O lives in model.video_io
 
 
 def __getattr__(name: str) -> Any:

@@ -35,7 +35,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from components.ingest.filters import FilterConfig, apply_filters, score_clip
-from components.ingest.video_io import VideoDecodeError, iter_timed_frames, probe_video, write_video
+from model.video_io import VideoDecodeError, iter_timed_frames, probe_video, write_video
 
 __all__ = [
     "VIDEO_EXTENSIONS",

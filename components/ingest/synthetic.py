@@ -34,7 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from components.ingest.sources import write_manifest
-from components.ingest.video_io import write_video
+from model.video_io import write_video
 
 __all__ = [
     "HELDOUT_STREAM",

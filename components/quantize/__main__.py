@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from components.distill.student import conditions_from_dataset
     from components.quantize.ptq import quantization_errors
-    from model.quant.bundle import QuantSpec, build_quantized, save_quantized_bundle
     from components.train.data import ClipLatentDataset, fit_latent_frames, iter_samples
     from model.pipeline import WorldModelPipeline
+    from model.quant.bundle import QuantSpec, build_quantized, save_quantized_bundle
 
     pipe = WorldModelPipeline.from_pretrained(a.model)
     cfg = pipe.config

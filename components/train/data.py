@@ -263,26 +263,6 @@ class EpochSampler:
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
 
 
-def _mp4_bytes(frames: np.ndarray, fps: float) -> bytes:
-    """H.264 mp4 of uint8 frames (N,H,W,3), in memory (PyAV; near-lossless CRF so tests see the content)."""
-    import io
-    from fractions import Fraction
-
-    import av
-
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as c:
-        st = c.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-        st.width, st.height, st.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        st.options = {"crf": "10"}
-        for f in frames:
-            for pkt in st.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
-                c.mux(pkt)
-        for pkt in st.encode():
-            c.mux(pkt)
-    return buf.getvalue()
-
-
 def write_synthetic_shards(shard_dir: str | Path, n: int, num_frames: int, height: int = 64, width: int = 64,
                            seed: int = 0) -> Path:
     """Write ``synthetic_samples`` as annotated shards (``components.annotate.shards.write_shards``).
@@ -290,10 +270,11 @@ def write_synthetic_shards(shard_dir: str | Path, n: int, num_frames: int, heigh
     For tests and the offline demo: exercises the real shard format end to end without the annotator.
     """
     from components.annotate.shards import ShardSample, write_shards
+    from model.video_io import encode_mp4
 
     rows = []
     for s in synthetic_samples(n, num_frames, height, width, seed):
-        rows.append(ShardSample(id=s["id"], mp4=_mp4_bytes(s["frames"], s["fps"]),
+        rows.append(ShardSample(id=s["id"], mp4=encode_mp4(s["frames"], s["fps"], crf=10),
                                 poses={"c2w": s["c2w"], "intrinsics": s["intrinsics"], "fps": s["fps"],
                                        "confidence": 1.0},
                                 meta=s["meta"]))

@@ -10,7 +10,6 @@ release's.
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 

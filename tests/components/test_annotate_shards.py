@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from components.annotate.shards import ShardSample, iter_shard_samples, write_manifest, write_shards
-from components.ingest.video_io import read_video, write_video
+from model.video_io import read_video, write_video
 
 
 def test_shard_round_trip(tmp_path):

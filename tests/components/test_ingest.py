@@ -13,7 +13,7 @@ from components.ingest.__main__ import main
 from components.ingest.filters import FilterConfig
 from components.ingest.sources import IngestConfig, ingest_videos, read_manifest, resolve_sources
 from components.ingest.synthetic import ClipSpec, render_clip
-from components.ingest.video_io import read_video, write_video
+from model.video_io import read_video, write_video
 
 
 def _err(a: np.ndarray, b: np.ndarray) -> float:
@@ -142,7 +142,7 @@ def test_cli_synthetic_and_source(videos, tmp_path, capsys):
                  "--width", "48", "--frames", "5", "--fps", "4", "--no-progress"]) == 0
     rows = read_manifest(tmp_path / "syn" / "manifest.jsonl")
     assert len(rows) == 2 and all((tmp_path / "syn" / r["path"]).exists() for r in rows)
-    assert "wrote 2 synthetic clips" in capsys.readouterr().out
+    assert "wrote 2 synthetic train clips" in capsys.readouterr().out
 
     d, _ = videos
     assert main(["--source", str(d / "single.mp4"), str(d / "corrupt.mp4"), "--out", str(tmp_path / "real"),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from components.ingest.synthetic import KINDS, ClipSpec, generate_dataset, render_clip, write_clip
-from components.ingest.video_io import probe_video, read_video
+from model.video_io import probe_video, read_video
 
 SMALL = {"num_frames": 13, "fps": 8.0, "height": 48, "width": 64}
 

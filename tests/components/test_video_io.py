@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from components.ingest.video_io import (
+from model.video_io import (
     VideoDecodeError,
     iter_frames,
     iter_timed_frames,

@@ -1,4 +1,5 @@
-"""Video files in and out through PyAV (the FFmpeg bundled in the ``av`` wheel, with libx264).
+"""Video in and out through PyAV (the FFmpeg bundled in the ``av`` wheel, with libx264): the stack's one
+video I/O module (files and in-memory mp4), below every layer so the model CLI, serving and the steps share it.
 
 Every clip in the stack is H.264 / yuv420p in an mp4 container: the format every decoder, browser and
 the VAE data loaders agree on. yuv420p subsamples chroma 2x2, so width and height must be even;
@@ -13,6 +14,7 @@ batch ingest can record the reason per file and carry on.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +27,8 @@ import numpy as np
 __all__ = [
     "VideoDecodeError",
     "VideoInfo",
+    "decode_mp4",
+    "encode_mp4",
     "iter_frames",
     "iter_timed_frames",
     "probe_video",
@@ -65,6 +69,36 @@ def _fps_fraction(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
+def _check_frames(frames: np.ndarray, what: str) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be (N,H,W,3), got shape {frames.shape} for {what}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8, got {frames.dtype} for {what}")
+    n, h, w, _ = frames.shape
+    if n == 0:
+        raise ValueError(f"cannot write an empty video (0 frames) to {what}")
+    if h % 2 or w % 2:
+        raise ValueError(f"H.264 yuv420p needs even height and width, got {h}x{w} for {what}")
+    return frames
+
+
+def _encode(frames: np.ndarray, target, fps: float, crf: int) -> None:
+    """H.264 yuv420p mp4 of checked frames into ``target`` (a path or a binary file object)."""
+    if not 0 <= int(crf) <= 51:
+        raise ValueError(f"crf must be in [0, 51], got {crf}")
+    rate = _fps_fraction(fps)
+    _, h, w, _ = frames.shape
+    with av.open(target, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"crf": str(int(crf))}
+        for frame in frames:
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            container.mux(stream.encode(vf))
+        container.mux(stream.encode(None))  # flush delayed (B-)frames
+
+
 def write_video(frames: np.ndarray, path: str | os.PathLike, fps: float, crf: int = 18) -> Path:
     """Encode ``frames`` uint8 (N,H,W,3) RGB as H.264 yuv420p mp4 at ``path``; returns the path.
 
@@ -74,35 +108,35 @@ def write_video(frames: np.ndarray, path: str | os.PathLike, fps: float, crf: in
     streams from object stores and a truncated copy is detectable from its header.
     """
     path = Path(path)
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be (N,H,W,3), got shape {frames.shape} for {path}")
-    if frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8, got {frames.dtype} for {path}")
-    n, h, w, _ = frames.shape
-    if n == 0:
-        raise ValueError(f"cannot write an empty video (0 frames) to {path}")
-    if h % 2 or w % 2:
-        raise ValueError(f"H.264 yuv420p needs even height and width, got {h}x{w} for {path}")
-    if not 0 <= int(crf) <= 51:
-        raise ValueError(f"crf must be in [0, 51], got {crf}")
-    rate = _fps_fraction(fps)
+    frames = _check_frames(frames, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")
     try:
-        with av.open(str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
-            stream = container.add_stream("libx264", rate=rate)
-            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-            stream.options = {"crf": str(int(crf))}
-            for frame in frames:
-                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-                container.mux(stream.encode(vf))
-            container.mux(stream.encode(None))  # flush delayed (B-)frames
+        _encode(frames, str(tmp), fps, crf)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
+    """The same H.264 mp4 as ``write_video``, in memory (shard samples carry their clip as bytes)."""
+    buf = io.BytesIO()
+    _encode(_check_frames(frames, "an in-memory mp4"), buf, fps, crf)
+    return buf.getvalue()
+
+
+def decode_mp4(data: bytes, name: str = "in-memory mp4") -> np.ndarray:
+    """uint8 (N,H,W,3) RGB frames of an in-memory mp4; ``VideoDecodeError`` naming ``name`` on bad data."""
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    except (av.error.FFmpegError, ValueError) as e:
+        raise VideoDecodeError(name, str(e)) from e
+    if not frames:
+        raise VideoDecodeError(name, "no video frames")
+    return np.stack(frames)
 
 
 def _open(path: str | os.PathLike) -> av.container.InputContainer:
