@@ -358,17 +358,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--num-frames", type=int, default=None, help="truncate/pad (hold) to this many frames")
     p.add_argument("-o", "--out", required=True, help="output .npz path")
     args = p.parse_args(argv)
-    try:
-        K = default_intrinsics(*args.size, fov_deg=args.fov)
-        traj = trajectory_from_actions(args.actions, args.fps, K, num_frames=args.num_frames)
-        out = save_trajectory(traj, args.out)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    K = default_intrinsics(*args.size, fov_deg=args.fov)
+    traj = trajectory_from_actions(args.actions, args.fps, K, num_frames=args.num_frames)
+    out = save_trajectory(traj, args.out)
     print(summarize(traj))
     print(f"wrote {out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from model.cli import run
+
+    sys.exit(run(main))

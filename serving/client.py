@@ -327,9 +327,8 @@ def _session_main(argv: list[str]) -> int:
                     _, chunk, _ = session.step(c2w=c2w)
                 frames.append(chunk)
                 bar.update(1)
-    except (ValueError, OSError, InferenceServerException) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except (OSError, InferenceServerException) as err:
+        raise ValueError(f"Triton request failed: {err}") from err
     video = np.concatenate(frames)
     write_video(video, args.out, fps)
     print(f"wrote {args.out} ({video.shape[0]} frames {video.shape[2]}x{video.shape[1]} @ {fps:g} fps)")
@@ -376,9 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         image = load_image(args.image)
         video = request_video(args.url, image, traj.c2w, traj.intrinsics, seed=args.seed,
                               num_frames=args.frames, model_name=args.model, mode=args.mode)
-    except (ValueError, OSError, InferenceServerException) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except (OSError, InferenceServerException) as err:
+        raise ValueError(f"Triton request failed: {err}") from err
     write_video(video, args.out, traj.fps)
     print(f"wrote {args.out} ({video.shape[0]} frames {video.shape[2]}x{video.shape[1]} @ {traj.fps:g} fps)")
     if args.contact_sheet:
@@ -388,4 +386,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from model.cli import run
+
+    raise SystemExit(run(main))

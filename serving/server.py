@@ -529,4 +529,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from model.cli import run
+
+    raise SystemExit(run(main))

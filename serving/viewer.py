@@ -304,4 +304,6 @@ drawPath(); play(); connect();
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from model.cli import run
+
+    raise SystemExit(run(main))

@@ -62,13 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     progress = not args.no_progress
     if args.synthetic is not None:
-        try:
-            rows = generate_dataset(args.out, args.synthetic, args.seed, height=args.height, width=args.width,
-                                    num_frames=args.frames, fps=args.fps or 8.0, kinds=args.kinds, progress=progress,
-                                    split=args.split, holdout_kinds=args.holdout_kinds)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        rows = generate_dataset(args.out, args.synthetic, args.seed, height=args.height, width=args.width,
+                                num_frames=args.frames, fps=args.fps or 8.0, kinds=args.kinds, progress=progress,
+                                split=args.split, holdout_kinds=args.holdout_kinds)
         kinds = Counter(f"{r['kind']}/{r['speed']}" for r in rows)
         print(f"wrote {len(rows)} synthetic {args.split} clips ({args.frames} frames, {args.height}x{args.width}) "
               f"to {args.out}")
@@ -91,4 +87,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from model.cli import run
+
+    sys.exit(run(main))

@@ -83,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ds = ClipLatentDataset(samples, cfg, a.latent_frames, pipe.vae, pipe.text_encoder,
                            a.cache_dir or str(a.out).rstrip("/") + ".cache")
     if len(ds) < 2:
-        print(f"error: need at least 2 usable clips (calibration + evaluation), got {len(ds)}", file=sys.stderr)
-        return 2
+        raise ValueError(f"need at least 2 usable clips (calibration + evaluation), got {len(ds)}")
     half = len(ds) // 2
     calib = noisy_batches(ds, cfg, list(range(half)), a.seed)
     held = list(range(half, len(ds)))
@@ -120,4 +119,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from model.cli import run
+
+    sys.exit(run(main))

@@ -169,12 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         return plan_main(argv[1:])
     a = build_parser().parse_args(argv)
     if a.steps < 1:
-        print(f"error: --steps must be >= 1, got {a.steps}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--steps must be >= 1, got {a.steps}")
     if a.vae is not None and not (Path(a.vae) / "config.json").is_file():
-        print(f"error: --vae {a.vae!r} is not a VAE folder (no config.json); write one with "
-              "`python -m components.vae`", file=sys.stderr)
-        return 2
+        raise FileNotFoundError(f"--vae {a.vae!r} is not a VAE folder (no config.json); write one with "
+                                "`python -m components.vae`")
     if a.latent_frames is None and not a.train_config_json:
         # Default clip length: the most latent frames every clip supplies (several chunks when the data
         # allows it, so chunk-causal training sees cross-chunk context), capped to keep CPU runs short.
@@ -204,4 +202,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from model.cli import run
+
+    sys.exit(run(main))

@@ -145,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     err = _check(a)
     if err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise ValueError(err)
     with logger_from_args(a, "vae") as logger:
         report = run(a, logger)
     print(json.dumps({"out": str(a.out), "psnr_after": report.get("psnr_after"), "reused": report["reused"]}))
@@ -154,4 +153,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from model.cli import run
+
+    sys.exit(run(main))

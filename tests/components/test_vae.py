@@ -118,10 +118,11 @@ def test_default_steps():
 
 def test_cli_rejects_bad_options(tmp_path, capsys):
     from components.vae.__main__ import main
+    from model.cli import EXIT_INPUT_ERROR, run
 
-    assert main(["--shards", str(tmp_path / "nope"), "--out", str(tmp_path / "v"), "--preset", "tiny"]) == 2
+    assert run(main, ["--shards", str(tmp_path / "nope"), "--out", str(tmp_path / "v"), "--preset", "tiny"]) == 3
     assert "is not a folder" in capsys.readouterr().err
-    assert main(["--shards", str(tmp_path), "--out", str(tmp_path / "v"), "--steps", "-1"]) == 2
+    assert run(main, ["--shards", str(tmp_path), "--out", str(tmp_path / "v"), "--steps", "-1"]) == EXIT_INPUT_ERROR
     assert "--steps must be >= 0" in capsys.readouterr().err
 
 
@@ -161,6 +162,8 @@ def test_vae_step_caches_and_train_uses_it(tmp_path, monkeypatch):
 def test_train_rejects_a_folder_that_is_not_a_vae(tmp_path, capsys):
     from components.train.__main__ import main as train_main
 
-    assert train_main(["--shards", str(tmp_path), "--vae", str(tmp_path), "--preset", "tiny", "--steps", "1",
-                       "--latent-frames", "2", "--out", str(tmp_path / "t")]) == 2
+    from model.cli import EXIT_INPUT_ERROR, run
+
+    assert run(train_main, ["--shards", str(tmp_path), "--vae", str(tmp_path), "--preset", "tiny", "--steps", "1",
+                            "--latent-frames", "2", "--out", str(tmp_path / "t")]) == EXIT_INPUT_ERROR
     assert "is not a VAE folder" in capsys.readouterr().err

@@ -196,6 +196,8 @@ def test_cli_writes_file_and_prints_summary(tmp_path, capsys):
     traj = load_trajectory(out)
     assert traj.num_frames == 49
     np.testing.assert_allclose(traj.intrinsics[0], default_intrinsics(64, 64))
-    assert main(["--actions", "w 2s; fly 1s", "-o", str(tmp_path / "bad.npz")]) == 2
+    from model.cli import EXIT_INPUT_ERROR, run
+
+    assert run(main, ["--actions", "w 2s; fly 1s", "-o", str(tmp_path / "bad.npz")]) == EXIT_INPUT_ERROR
     assert "unknown action 'fly'" in capsys.readouterr().err
     assert not (tmp_path / "bad.npz").exists()
