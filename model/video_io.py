@@ -83,13 +83,15 @@ def _check_frames(frames: np.ndarray, what: str) -> np.ndarray:
     return frames
 
 
-def _encode(frames: np.ndarray, target, fps: float, crf: int) -> None:
-    """H.264 yuv420p mp4 of checked frames into ``target`` (a path or a binary file object)."""
+def _encode(frames: np.ndarray, target, fps: float, crf: int, faststart: bool = True) -> None:
+    """H.264 yuv420p mp4 of checked frames into ``target`` (a path, or a binary file object: then without
+    faststart, which rewrites the finished file by name)."""
     if not 0 <= int(crf) <= 51:
         raise ValueError(f"crf must be in [0, 51], got {crf}")
     rate = _fps_fraction(fps)
     _, h, w, _ = frames.shape
-    with av.open(target, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(target, mode="w", format="mp4", options=options) as container:
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.options = {"crf": str(int(crf))}
@@ -123,7 +125,7 @@ def write_video(frames: np.ndarray, path: str | os.PathLike, fps: float, crf: in
 def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
     """The same H.264 mp4 as ``write_video``, in memory (shard samples carry their clip as bytes)."""
     buf = io.BytesIO()
-    _encode(_check_frames(frames, "an in-memory mp4"), buf, fps, crf)
+    _encode(_check_frames(frames, "an in-memory mp4"), buf, fps, crf, faststart=False)
     return buf.getvalue()
 
 

@@ -97,3 +97,14 @@ def test_mkv_without_frame_count_is_probed_by_packets(tmp_path):
     info = probe_video(path)
     assert info.frames == 7 and info.fps == pytest.approx(10.0)
     assert read_video(path)[0].shape == (7, 48, 64, 3)
+
+
+def test_in_memory_mp4_round_trip_and_bad_bytes():
+    from model.video_io import VideoDecodeError, decode_mp4, encode_mp4
+
+    frames = np.zeros((3, 16, 24, 3), np.uint8)
+    frames[:, :, :12] = 200
+    got = decode_mp4(encode_mp4(frames, fps=8, crf=10))
+    assert got.shape == frames.shape and np.abs(got.astype(int) - frames).mean() < 4
+    with pytest.raises(VideoDecodeError, match="clip-7"):
+        decode_mp4(b"not an mp4", "clip-7")
