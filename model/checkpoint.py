@@ -13,12 +13,8 @@ so a crash never leaves a half-written checkpoint where a reader would find it.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -72,31 +68,12 @@ class LoadReport:
         return "; ".join(parts) if parts else "all keys match"
 
 
-@contextlib.contextmanager
-def atomic_directory(target: str | Path, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a fresh temp directory next to ``target``; on success it replaces ``target`` by rename.
+def atomic_directory(target: str | Path, overwrite: bool = True):
+    """``model.atomic.atomic_dir``: a temp folder that replaces ``target`` on success (kept under this name
+    for the checkpoint API)."""
+    from model.atomic import atomic_dir
 
-    On an exception the temp directory is removed and ``target`` is left untouched. An existing
-    ``target`` is moved aside first (a directory cannot be renamed over a non-empty one) and deleted
-    only after the new one is in place.
-    """
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists (overwrite=False)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / "d")
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return atomic_dir(target, overwrite=overwrite)
 
 
 def _prepare(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

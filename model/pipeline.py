@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -245,18 +244,14 @@ def generate_to_file(pipeline: WorldModelPipeline, image_path: str | os.PathLike
     out = Path(out_path)
     if out.suffix not in (".mp4", ".npy"):
         raise ValueError(f"output must end in .mp4 or .npy, got {str(out)!r}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix, dir=out.parent)
-    os.close(fd)
-    try:
+    from model.atomic import atomic_path
+
+    with atomic_path(out) as tmp:
         if out.suffix == ".npy":
-            np.save(tmp, video)
+            with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a name
+                np.save(f, video)
         else:
             from model.video_io import write_video
 
-            write_video(video, Path(tmp), traj.fps)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            write_video(video, tmp, traj.fps)
     return out

@@ -24,7 +24,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -264,21 +263,12 @@ def save_trajectory(traj: Trajectory, path: str | os.PathLike) -> Path:
     directory, fsync, then ``os.replace``, so readers never see a half-written file."""
     if not isinstance(traj, Trajectory):
         raise TypeError(f"save_trajectory expects a Trajectory, got {type(traj).__name__}")
+    from model.atomic import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp creates 0600; a trajectory is ordinary shareable data
-        with os.fdopen(fd, "wb") as f:
-            # A file object (not a name) stops numpy from appending ".npz" to the temp name.
-            np.savez(f, c2w=traj.c2w, intrinsics=traj.intrinsics, fps=np.float64(traj.fps))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        # A file object (not a name) stops numpy from appending ".npz" to the temp name.
+        np.savez(f, c2w=traj.c2w, intrinsics=traj.intrinsics, fps=np.float64(traj.fps))
     return path
 
 

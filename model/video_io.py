@@ -24,6 +24,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from model.atomic import atomic_path
+
 __all__ = [
     "VideoDecodeError",
     "VideoInfo",
@@ -111,14 +113,8 @@ def write_video(frames: np.ndarray, path: str | os.PathLike, fps: float, crf: in
     """
     path = Path(path)
     frames = _check_frames(frames, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")
-    try:
+    with atomic_path(path) as tmp:
         _encode(frames, str(tmp), fps, crf)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

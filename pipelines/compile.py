@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 
 from components.common.paths import PACKAGE_VERSION, repo_root
+from model.atomic import atomic_path
 from pipelines.dags import PIPELINE_NAMES, ClusterSettings, PipelineMeta, build_pipeline
 
 
@@ -37,14 +37,8 @@ def compile_pipeline(name: str, out_dir: str | os.PathLike, cluster: ClusterSett
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"sana-wm-{name.replace('_', '-')}-{meta.stamp}.yaml"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".yaml", dir=out_dir)
-    os.close(fd)
-    try:
-        compiler.Compiler().compile(build_pipeline(name, cluster, meta), package_path=tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        compiler.Compiler().compile(build_pipeline(name, cluster, meta), package_path=str(tmp))
     return path
 
 

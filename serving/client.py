@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from model.atomic import atomic_path
 from model.video_io import write_video
 
 DEFAULT_MODEL = "sana_wm_video"  # the whole-video route; "sana_wm" is decoupled (gRPC streams only)
@@ -260,15 +259,8 @@ def contact_sheet(video: np.ndarray, path: str | Path, columns: int | None = Non
         r, c = divmod(i, cols)
         sheet.paste(Image.fromarray(frame), (pad + c * (w + pad), pad + r * (h + pad)))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
     return path
 
 

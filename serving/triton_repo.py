@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,25 +173,15 @@ def session_model_config(name: str, height: int, width: int, parameters: dict[st
 
 
 def _install(repo_dir: Path, model_name: str, cfg: mc.ModelConfig, template: Path) -> None:
-    """Write one model directory beside ``repo_dir`` and rename it into place (replacing any old one)."""
+    """Write one model directory and swap it into ``repo_dir`` (replacing any old one) in one rename."""
+    from model.atomic import atomic_dir
+
     # Staged outside repo_dir (Triton would try to load any directory inside it) on the same filesystem.
-    tmp = Path(tempfile.mkdtemp(dir=repo_dir.parent, prefix=f".{repo_dir.name}.{model_name}.tmp-"))
-    try:
+    with atomic_dir(repo_dir / model_name, stage_in=repo_dir.parent) as tmp:
         (tmp / "config.pbtxt").write_text(text_format.MessageToString(cfg))
         (tmp / "1").mkdir()
         shutil.copyfile(template, tmp / "1" / "model.py")
         shutil.copyfile(BOOTSTRAP, tmp / "1" / BOOTSTRAP.name)
-        target = repo_dir / model_name
-        old = None
-        if target.exists():
-            old = repo_dir.parent / f".{repo_dir.name}.{model_name}.old-{os.getpid()}"
-            os.rename(target, old)
-        os.rename(tmp, target)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def build_repository(

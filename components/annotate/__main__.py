@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -51,17 +50,12 @@ def _single(args: argparse.Namespace) -> int:
         raise SystemExit("no metric scale source: pass --depth, --depth-model or --scale-free")
     res = estimate_poses(frames, fps, intrinsics=K, depth=depth, depth_model=depth_model,
                          scale_free=args.scale_free and depth is None and depth_model is None)
+    from model.atomic import atomic_path
+
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, c2w=res.c2w, intrinsics=res.intrinsics, fps=np.float64(res.fps),
-                     confidence=np.float64(res.confidence), registered=res.registered, metric=np.bool_(res.metric))
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, c2w=res.c2w, intrinsics=res.intrinsics, fps=np.float64(res.fps),
+                 confidence=np.float64(res.confidence), registered=res.registered, metric=np.bool_(res.metric))
     print(json.dumps({"out": str(out), "frames": len(frames), "confidence": round(res.confidence, 4),
                       "metric": res.metric, "registered": float(res.registered.mean()),
                       "intrinsics_source": res.intrinsics_source}))

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from components.annotate.poses import PoseEstimatorConfig, estimate_poses
 from components.annotate.shards import ShardSample, write_manifest, write_shards
+from model.atomic import atomic_path, write_bytes
 
 __all__ = ["BatchConfig", "annotate_clip", "clip_cache_key", "run_batch"]
 
@@ -82,16 +83,6 @@ def _filters_module():
     return importlib.import_module("components.ingest.filters")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _jsonable(x):
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
@@ -133,7 +124,7 @@ def annotate_clip(clip_id: str, video: Path, npz: Path | None, cfg: BatchConfig,
             rec["scores"] = _jsonable(scores)
             if not keep:
                 rec.update(status="dropped", reason=str(reason or "filtered"))
-                _atomic_write_bytes(rec_path, json.dumps(rec, sort_keys=True).encode())
+                write_bytes(rec_path, json.dumps(rec, sort_keys=True).encode())
                 rec["cached"] = False
                 return rec
         depth = K = None
@@ -153,15 +144,9 @@ def annotate_clip(clip_id: str, video: Path, npz: Path | None, cfg: BatchConfig,
         res = estimate_poses(frames, fps, intrinsics=K, depth=depth, depth_model=depth_model,
                              scale_free=depth is None and depth_model is None, config=cfg.estimator)
         buf_path = cache_dir / f"{key}.npz"
-        tmp = buf_path.with_name(f".{buf_path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, c2w=res.c2w, intrinsics=res.intrinsics, fps=np.float64(res.fps),
-                         confidence=np.float64(res.confidence), registered=res.registered)
-            os.replace(tmp, buf_path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        with atomic_path(buf_path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, c2w=res.c2w, intrinsics=res.intrinsics, fps=np.float64(res.fps),
+                     confidence=np.float64(res.confidence), registered=res.registered)
         unreg = {str(i): r for i, r in enumerate(res.unregistered_reason) if r}
         rec.update(status="kept", confidence=res.confidence, metric=res.metric,
                    intrinsics_source=res.intrinsics_source, focal_confidence=res.focal_confidence,
@@ -172,7 +157,7 @@ def annotate_clip(clip_id: str, video: Path, npz: Path | None, cfg: BatchConfig,
         rec.update(status="failed", reason=f"{type(e).__name__}: {e}")
     except Exception as e:  # noqa: BLE001 - one bad clip must never stop a batch; the reason is recorded
         rec.update(status="failed", reason=f"{type(e).__name__}: {e}")
-    _atomic_write_bytes(rec_path, json.dumps(_jsonable(rec), sort_keys=True).encode())
+    write_bytes(rec_path, json.dumps(_jsonable(rec), sort_keys=True).encode())
     rec["cached"] = False
     return rec
 

@@ -30,7 +30,7 @@ import numpy as np
 import webdataset as wds
 
 from components.annotate.shards import ShardSample, write_manifest, write_shards
-from components.common.atomic import atomic_dir, write_json
+from model.atomic import atomic_dir, write_json
 
 __all__ = ["balance_groups", "make_plan", "merge_shards", "parse_ids", "read_plan", "write_plan"]
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
+from model.atomic import atomic_path
 from model.video_io import decode_mp4
 
 __all__ = ["ShardSample", "iter_shard_samples", "poses_npz_bytes", "write_manifest", "write_shards"]
@@ -56,10 +57,6 @@ def poses_npz_bytes(c2w: np.ndarray, intrinsics: np.ndarray, fps: float, confide
     return buf.getvalue()
 
 
-def _atomic_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def write_shards(samples: Iterable[ShardSample], shard_dir: str | os.PathLike, shard_size: int = 16) -> list[Path]:
     """Write samples into ``shard-%06d.tar`` files of at most ``shard_size`` samples each.
 
@@ -75,20 +72,14 @@ def write_shards(samples: Iterable[ShardSample], shard_dir: str | os.PathLike, s
 
     def flush() -> None:
         path = out / f"shard-{len(paths):06d}.tar"
-        tmp = _atomic_path(path)
-        try:
-            with wds.TarWriter(str(tmp)) as sink:
-                for s in batch:
-                    sink.write({
-                        "__key__": s.id,
-                        "mp4": s.mp4,
-                        "poses.npz": poses_npz_bytes(**{k: s.poses[k] for k in ("c2w", "intrinsics", "fps", "confidence")}),
-                        "json": json.dumps(s.meta, sort_keys=True).encode(),
-                    })
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        with atomic_path(path) as tmp, wds.TarWriter(str(tmp)) as sink:
+            for s in batch:
+                sink.write({
+                    "__key__": s.id,
+                    "mp4": s.mp4,
+                    "poses.npz": poses_npz_bytes(**{k: s.poses[k] for k in ("c2w", "intrinsics", "fps", "confidence")}),
+                    "json": json.dumps(s.meta, sort_keys=True).encode(),
+                })
         paths.append(path)
         batch.clear()
 

@@ -11,8 +11,8 @@ import os
 import time
 from collections.abc import Sequence
 
-from components.common.atomic import write_json
 from components.common.tracking import ENV_EXPERIMENT, ENV_PARENT_RUN, ENV_TRACKING_URI
+from model.atomic import write_json
 
 ENV_TIMINGS_DIR = "SANA_WM_TIMINGS_DIR"
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from components.common.atomic import atomic_dir
 from components.common.tracking import add_tracking_args, logger_from_args
+from model.atomic import atomic_dir
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
 

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from components.common.atomic import atomic_dir
 from components.common.lineage import log_dataset
 from components.common.tracking import add_tracking_args, logger_from_args
+from model.atomic import atomic_dir
 
 
 @dataclass(frozen=True)

@@ -122,14 +122,12 @@ def plot_camera_report(report: dict, path_png: str | os.PathLike) -> Path:
     np.atleast_1d(axes)[-1].set_xlabel("frame")
     fig.suptitle(f"camera following (metric={report.get('metric')}, conf={report.get('confidence', 0):.2f})", fontsize=9)
     fig.tight_layout()
+    from model.atomic import atomic_path
+
     path = Path(path_png)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
     return path

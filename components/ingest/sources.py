@@ -100,17 +100,9 @@ class IngestConfig:
 
 def write_manifest(rows: Iterable[dict], path: str | os.PathLike) -> Path:
     """Write ``rows`` as JSON lines to ``path`` atomically (temp file in the same dir + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            fh.writelines(json.dumps(row, sort_keys=True) + "\n" for row in rows)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    from model.atomic import write_text
+
+    return write_text(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
 
 
 def read_manifest(path: str | os.PathLike, status: str | None = "ok") -> list[dict]:

@@ -61,8 +61,6 @@ def export_engine(net: torch.nn.Module, example: tuple[Any, ...], out_dir: str |
     engine = builder.build_serialized_network(network, config)
     if engine is None:
         raise RuntimeError("TensorRT engine build failed (see the TensorRT log above)")
-    path = out / "network.plan"
-    tmp = path.with_suffix(".plan.tmp")
-    tmp.write_bytes(bytes(engine))
-    tmp.replace(path)
-    return path
+    from model.atomic import write_bytes
+
+    return write_bytes(out / "network.plan", bytes(engine))

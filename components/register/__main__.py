@@ -20,10 +20,10 @@ import math
 import sys
 from pathlib import Path
 
-from components.common.atomic import write_json
 from components.common.lineage import dvc_md5
 from components.common.paths import PACKAGE_VERSION
 from components.common.tracking import add_tracking_args, logger_from_args
+from model.atomic import write_json
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 

@@ -20,7 +20,7 @@ def before_after_sheet(target: np.ndarray, before: np.ndarray, after: np.ndarray
     """
     from PIL import Image, ImageDraw
 
-    from components.common.atomic import write_bytes
+    from model.atomic import write_bytes
 
     arrays = [np.asarray(a) for a in (target, before, after)]
     if len({a.shape for a in arrays}) != 1 or arrays[0].ndim != 4 or arrays[0].dtype != np.uint8:
@@ -48,7 +48,7 @@ def plot_curve(curve: list[list[float]], losses: list[float], path: str | Path) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from components.common.atomic import write_bytes
+    from model.atomic import write_bytes
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     steps, psnr = zip(*curve) if curve else ((), ())

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from model.atomic import write_json
 from model.quant.hadamard import apply_hadamard
 from model.quant.nvfp4 import (
     MODES,
@@ -59,9 +60,7 @@ def save_quantized_bundle(pipe: Any, qnet: nn.Module, spec: QuantSpec, out: str 
     qdir = out / "quant"
     qdir.mkdir(exist_ok=True)
     save_quantized(qnet, str(qdir / "modelopt.pth"))
-    tmp = qdir / "quant.json.tmp"
-    tmp.write_text(json.dumps(asdict(spec), indent=2))
-    tmp.replace(qdir / "quant.json")
+    write_json(qdir / "quant.json", asdict(spec))
     return out
 
 

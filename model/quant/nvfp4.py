@@ -113,13 +113,12 @@ def enabled_quantizers(net: nn.Module) -> list[str]:
 
 def save_quantized(net: nn.Module, path: str) -> None:
     """``mto.save``: ModelOpt state (quantizer tree) + weights incl. calibrated amax, written atomically."""
-    import os
-
     import modelopt.torch.opt as mto
 
-    tmp = f"{path}.tmp"
-    mto.save(net, tmp)
-    os.replace(tmp, path)
+    from model.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        mto.save(net, str(tmp))
 
 
 def restore_quantized(net: nn.Module, path: str) -> nn.Module:

@@ -1,4 +1,12 @@
-"""Write-then-rename helpers: a reader (DVC, a KFP launcher, another step) never sees half an output."""
+"""Write-then-rename helpers, the stack's one way to write outputs: a reader (DVC, a KFP launcher, another
+step, Triton) never sees half a file or half a folder. Below every layer (stdlib only), so the model,
+serving, the steps and the pipeline compiler all use it.
+
+  * ``write_text`` / ``write_bytes`` / ``write_json``  small outputs, fsynced
+  * ``atomic_path(path)``   a temp file name for libraries that write by name (numpy, torch, PIL, PyAV)
+  * ``atomic_dir(path)``    a temp folder that replaces ``path`` on success
+  * ``copy_tree`` / ``move_tree``  folder swaps
+"""
 
 from __future__ import annotations
 
@@ -56,20 +64,41 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temp folder beside ``path``; on success it replaces ``path``, on error it is removed.
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp file name beside ``path`` (same suffix, so format-sniffing writers behave); on success
+    it is renamed onto ``path`` (mode 0644), on error removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
 
-    Same parent folder, so the final rename never crosses filesystems.
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, overwrite: bool = True, stage_in: str | os.PathLike | None = None,
+               ) -> Iterator[Path]:
+    """Yield a temp folder; on success it replaces ``path``, on error it is removed.
+
+    Staged beside ``path`` (so the rename never crosses filesystems), or in ``stage_in`` (same filesystem)
+    when a watcher must not see it next to ``path`` (Triton scans its repository's folders).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and not overwrite:
         raise FileExistsError(f"output folder {path} already exists (overwrite=False)")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    stage = Path(stage_in) if stage_in is not None else path.parent
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=stage))
     try:
         yield tmp
         if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            old = stage / f".{path.name}.old-{os.getpid()}-{tmp.name}"
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
