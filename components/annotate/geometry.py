@@ -9,17 +9,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from model.trajectory import default_intrinsics  # the one intrinsics builder (re-exported)
+
 __all__ = ["bearings", "default_intrinsics", "kabsch_rotation", "project", "rotation_between", "sample_depth"]
-
-
-def default_intrinsics(height: int, width: int, hfov_deg: float) -> np.ndarray:
-    """Pinhole K (3,3) with the given horizontal FOV and the principal point at the image centre.
-
-    Pixel convention (COLMAP's, as in components.ingest): pixel (r, c) has its centre at (c+0.5, r+0.5),
-    so the image centre is (W/2, H/2).
-    """
-    f = 0.5 * width / np.tan(np.radians(hfov_deg) / 2.0)
-    return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
 
 
 def bearings(pts: np.ndarray, K: np.ndarray) -> np.ndarray:
