@@ -2,7 +2,7 @@
 
 ``ensure_dvc_repo`` is idempotent: it initialises once (``--subdir`` when the folder sits inside a larger
 git checkout, ``--no-scm`` when there is no git at all), turns analytics off and configures a default
-local remote (``data/dvc-remote``) unless a remote is already configured. Any other remote is plain
+local remote (``dvc-remote/`` at the project root, outside ``data/`` so ``make clean-data`` keeps it) unless a remote is already configured. Any other remote is plain
 DVC configuration: ``dvc remote add -d <name> s3://...``.
 """
 
@@ -29,7 +29,7 @@ def _git_toplevel(root: Path) -> Path | None:
 def ensure_dvc_repo(root: str | os.PathLike, remote_url: str | None = None) -> Path:
     """Initialise DVC in ``root`` if needed and make sure a default remote exists; returns ``root``.
 
-    ``remote_url`` (or ``$SANA_WM_DVC_REMOTE``) overrides the default ``<root>/data/dvc-remote``; it is
+    ``remote_url`` (or ``$SANA_WM_DVC_REMOTE``) overrides the default ``<root>/dvc-remote``; it is
     only applied when no default remote is configured yet (an existing choice is respected).
     """
     from dvc.repo import Repo
@@ -52,7 +52,7 @@ def ensure_dvc_repo(root: str | os.PathLike, remote_url: str | None = None) -> P
                 # A relative path (DVC reads it relative to the cwd and stores it relative to .dvc/), so the
                 # committed config works in any clone of the repository.
                 url = (remote_url or os.environ.get(ENV_REMOTE_URL)
-                       or os.path.relpath(root.resolve() / "data" / "dvc-remote"))
+                       or os.path.relpath(root.resolve() / "dvc-remote"))
                 conf["remote"][DEFAULT_REMOTE_NAME] = {"url": url}
                 conf["core"]["remote"] = DEFAULT_REMOTE_NAME
     finally:

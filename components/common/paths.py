@@ -124,7 +124,8 @@ class DataLayout:
 
     @property
     def dvc_remote(self) -> Path:
-        return self.data / "dvc-remote"
+        # Outside data/: `make clean-data` wipes data/, and a remote must survive that (it is the backup).
+        return self.root / "dvc-remote"
 
     @property
     def mlflow_uri(self) -> str:

@@ -18,7 +18,7 @@ def test_ensure_dvc_repo_is_idempotent_with_default_remote(tmp_path):
     dvc_utils.ensure_dvc_repo(tmp_path)  # second call: no error, no change
     conf = (tmp_path / ".dvc" / "config").read_text().lower()
     assert "analytics = false" in conf and "remote = local" in conf
-    assert "url = ../data/dvc-remote" in conf  # relative to .dvc/: the committed config works in any clone
+    assert "url = ../dvc-remote" in conf  # relative to .dvc/: the committed config works in any clone
 
 
 def test_ensure_dvc_repo_subdir_and_existing_remote(tmp_path):

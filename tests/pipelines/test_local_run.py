@@ -87,4 +87,4 @@ def test_dvc_status_clean_after_repro(project):
     status = subprocess.run([*dvc, "status", "--json"], cwd=root, env=env, capture_output=True, text=True)
     assert status.returncode == 0 and json.loads(status.stdout or "{}") == {}
     remote = subprocess.run([*dvc, "remote", "list"], cwd=root, env=env, capture_output=True, text=True)
-    assert "data/dvc-remote" in remote.stdout
+    assert "dvc-remote" in remote.stdout and "data/dvc-remote" not in remote.stdout
