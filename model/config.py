@@ -41,6 +41,10 @@ class VAEConfig:
     spatial_stride: int = 8
     base_dim: int = 16  # width of a random-weight VAE (tiny Wan / tiny LTX-2); unused with pretrained_path
     num_layers: int = 1  # resnet layers per block of a tiny LTX-2 VAE
+    # Tiny LTX-2 geometry (model.encoders.vae.tiny_ltx2_kwargs): "pyramid" = patch 4 + conv down blocks
+    # (trained from random weights); "patch" = patch_size = spatial_stride, temporal-only blocks whose
+    # residual paths are exact space-to-depth, so components.vae can start it from a PCA autoencoder.
+    layout: Literal["pyramid", "patch"] = "pyramid"
     pretrained_path: str | None = None
 
     def __post_init__(self) -> None:
@@ -49,6 +53,8 @@ class VAEConfig:
         _require(self.spatial_stride >= 1, f"VAEConfig.spatial_stride must be >= 1, got {self.spatial_stride}")
         _require(self.base_dim >= 1, f"VAEConfig.base_dim must be >= 1, got {self.base_dim}")
         _require(self.num_layers >= 0, f"VAEConfig.num_layers must be >= 0, got {self.num_layers}")
+        _require(self.layout in ("pyramid", "patch"),
+                 f"VAEConfig.layout must be 'pyramid' or 'patch', got {self.layout!r}")
 
     def num_raw_frames(self, latent_frames: int) -> int:
         """Raw frames N behind ``latent_frames`` latent frames (causal VAE: first frame alone)."""
