@@ -131,19 +131,22 @@ def _data_tasks(num_clips, seed, source_dir, clip_hw_frames, groups, heldout, tr
 
 
 def _train_to_serve_tasks(shards, heldout, preset, steps, vae_fit, distill_steps, model_name, eval_clips,
-                          keep_serving, tracking, cluster):
+                          keep_serving, tracking, cluster, init_bundle=""):
     is_cluster = cluster is not None
     vae_steps, vae_lr, vae_cache = vae_fit
-    vf = _place(vae(shards=shards, preset=preset, steps=vae_steps, lr=vae_lr, cache_dir=vae_cache, **tracking),
-                "vae", cluster)
-    tr = train(shards=shards, vae=vf.outputs["vae"], preset=preset, steps=steps, cluster=is_cluster,
+    # init_bundle: fine-tune a base/released bundle; the vae step then passes that bundle's VAE through
+    # (the network was trained on its latents) and train loads network + VAE strictly from it.
+    vf = _place(vae(shards=shards, preset=preset, steps=vae_steps, lr=vae_lr, cache_dir=vae_cache,
+                    init_bundle=init_bundle, **tracking), "vae", cluster)
+    tr = train(shards=shards, vae=vf.outputs["vae"], preset=preset, steps=steps, cluster=is_cluster, init=init_bundle,
                trainjob_spec=json.dumps(cluster.trainjob, sort_keys=True) if is_cluster else "", **tracking)
     _place(tr, "train", cluster)
     ode_steps, dmd_steps, teacher_steps = distill_steps
     ds = _place(distill(teacher=tr.outputs["model"], shards=shards, ode_steps=ode_steps, dmd_steps=dmd_steps,
                         teacher_steps=teacher_steps, **tracking), "distill", cluster)
     qt = _place(quantize(model=ds.outputs["student"], shards=shards, **tracking), "quantize", cluster)
-    ev = _place(evaluate(model=qt.outputs["quantized"], heldout=heldout, num_clips=eval_clips, **tracking),
+    ev = _place(evaluate(model=qt.outputs["quantized"], heldout=heldout, num_clips=eval_clips,
+                         teacher=tr.outputs["model"], student=ds.outputs["student"], **tracking),
                 "evaluate", cluster)
     rg = _place(register(model=qt.outputs["quantized"], report=ev.outputs["report"], name=model_name,
                          **tracking), "register", cluster)
@@ -175,8 +178,8 @@ def build_pipeline(name: str, cluster: ClusterSettings | None = None,
 
     if name == "train_to_serve":
         def train_to_serve(shards_uri: str, heldout_uri: str, preset: str = "small", steps: int = 200,
-                           vae_steps: int = 600, vae_lr: float = 5e-4, vae_cache_dir: str = "",
-                           distill_ode_steps: int = 60, distill_dmd_steps: int = 4, distill_teacher_steps: int = 20,
+                           vae_steps: int = 0, vae_lr: float = 5e-4, vae_cache_dir: str = "",
+                           init_bundle: str = "", distill_ode_steps: int = 60, distill_dmd_steps: int = 4, distill_teacher_steps: int = 20,
                            model_name: str = "sana-wm", eval_clips: int = 2, keep_serving: bool = False,
                            tracking_uri: str = "", parent_run_id: str = "", experiment: str = "sana-wm"):
             tracking = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id, experiment=experiment)
@@ -186,14 +189,14 @@ def build_pipeline(name: str, cluster: ClusterSettings | None = None,
             imp_h.set_display_name("heldout")
             _train_to_serve_tasks(imp.output, imp_h.output, preset, steps, (vae_steps, vae_lr, vae_cache_dir),
                                   (distill_ode_steps, distill_dmd_steps, distill_teacher_steps), model_name, eval_clips, keep_serving,
-                                  tracking, cluster)
+                                  tracking, cluster, init_bundle)
         return deco(train_to_serve)
 
     def full(num_clips: int = 8, seed: int = 0, source_dir: str = "", clip_height: int = 64,
              clip_width: int = 96, clip_frames: int = 33, annotate_groups: int = 2, heldout_clips: int = 2,
              heldout_frames: int = 69, holdout_kinds: str = "turn", preset: str = "small",
-             steps: int = 200, vae_steps: int = 600, vae_lr: float = 5e-4, vae_cache_dir: str = "",
-             distill_ode_steps: int = 60, distill_dmd_steps: int = 4,
+             steps: int = 200, vae_steps: int = 0, vae_lr: float = 5e-4, vae_cache_dir: str = "",
+             init_bundle: str = "", distill_ode_steps: int = 60, distill_dmd_steps: int = 4,
              distill_teacher_steps: int = 20, model_name: str = "sana-wm", eval_clips: int = 2, keep_serving: bool = False,
              tracking_uri: str = "", parent_run_id: str = "", experiment: str = "sana-wm"):
         tracking = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id, experiment=experiment)
@@ -202,5 +205,5 @@ def build_pipeline(name: str, cluster: ClusterSettings | None = None,
         _train_to_serve_tasks(ann.outputs["shards"], ann_h.outputs["shards"], preset, steps,
                               (vae_steps, vae_lr, vae_cache_dir),
                               (distill_ode_steps, distill_dmd_steps, distill_teacher_steps), model_name, eval_clips, keep_serving,
-                              tracking, cluster)
+                              tracking, cluster, init_bundle)
     return deco(full)

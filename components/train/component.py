@@ -15,6 +15,7 @@ def train(
     steps: int = 200,
     cluster: bool = False,
     trainjob_spec: str = "",
+    init: str = "",
     tracking_uri: str = "",
     parent_run_id: str = "",
     experiment: str = "",
@@ -29,11 +30,14 @@ def train(
         steps: Optimizer steps.
         cluster: Submit a Kubeflow Trainer v2 TrainJob instead of training in this pod.
         trainjob_spec: JSON TrainJob manifest built at compile time (used when ``cluster``).
+        init: Model bundle to fine-tune from (network and VAE loaded strictly; '' = random weights).
         tracking_uri: MLflow tracking URI ('' = no tracking).
         parent_run_id: MLflow run to nest this step under.
         experiment: MLflow experiment name.
     """
     argv = ["--shards", shards.path, "--vae", vae.path, "--preset", preset, "--steps", steps, "--out", model.path]
+    if init:
+        argv += ["--init", init]
     if cluster:
         import json
 
