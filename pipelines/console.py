@@ -104,10 +104,14 @@ def quiet_kfp(log_dir: Path, out: TextIO | None = None) -> Iterator[_TaskLogs]:
     """Route ``kfp.local``'s output to ``log_dir/<task>.log`` and print a step table (module docstring)."""
     import subprocess
 
+    import warnings
+
+    from kfp.local import logging_utils
     from kfp.local import subprocess_task_handler as sth
 
     logs = _TaskLogs(Path(log_dir), out or sys.stdout)
     original = sth.run_local_subprocess
+    original_hline = logging_utils.print_horizontal_line
 
     def run_local_subprocess(full_command, env_vars=None) -> int:
         import os
@@ -123,10 +127,15 @@ def quiet_kfp(log_dir: Path, out: TextIO | None = None) -> Iterator[_TaskLogs]:
     flt = _Filter(logs)
     root = logging.getLogger()
     sth.run_local_subprocess = run_local_subprocess
+    logging_utils.print_horizontal_line = lambda: None  # separators between the (now hidden) dumps
     root.addFilter(flt)
     try:
-        yield logs
+        with warnings.catch_warnings():
+            # kfp.local warns per task that display names and non-Python base images are ignored locally
+            warnings.filterwarnings("ignore", module=r"kfp\.local.*")
+            yield logs
     finally:
         root.removeFilter(flt)
         sth.run_local_subprocess = original
+        logging_utils.print_horizontal_line = original_hline
         logs.close_file()
