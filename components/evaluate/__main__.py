@@ -106,7 +106,8 @@ def fit_to_model(clip: HeldOutClip, hw: tuple[int, int], temporal_stride: int, m
 
 
 VARIANTS = ("teacher", "student", "quantized")
-YAW_MIN_DEG = 2.0  # clips whose commanded yaw is smaller carry no direction to agree with
+YAW_MIN_DEG = 2.0
+SMOKE_LATENT_FRAMES = 9  # 33 raw frames at stride 4  # clips whose commanded yaw is smaller carry no direction to agree with
 
 
 def _mean(xs: list[float]) -> float:
@@ -242,7 +243,11 @@ def evaluate(model_dir: Path, heldout: Path, out: Path, num_clips: int, max_fram
             if i == 0:
                 contact_sheet(clip.frames, video, tmp / "contact_sheet.png", title=f"{clip.key} ({main_kind})")
                 Image.fromarray(clip.frames[0]).save(tmp / "smoke_input" / "image.png")
-                save_trajectory(Trajectory(clip.c2w, clip.intrinsics, clip.fps), tmp / "smoke_input" / "trajectory.npz")
+                # the deploy smoke request: the training length (a served request must stay within the
+                # server's frame limit, 65 by default; the held-out clips are longer)
+                n = min(len(clip.c2w), cfg.vae.num_raw_frames(SMOKE_LATENT_FRAMES))
+                save_trajectory(Trajectory(clip.c2w[:n], clip.intrinsics[:n], clip.fps),
+                                tmp / "smoke_input" / "trajectory.npz")
         drift = None
         if drift_factor > 0:
             n_train = _train_frames(runs.get("teacher", (pipe,))[0])
