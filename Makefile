@@ -9,7 +9,7 @@ export PYTHONUTF8 := 1
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
-.PHONY: setup system-deps run test test-all compile images smoke-images clean-data help
+.PHONY: setup system-deps run test test-all compile images smoke-images clean-data help pretrain
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -42,6 +42,15 @@ system-deps:  ## apt-get install the system packages above when any is missing
 
 run: setup  ## run the whole DAG locally (KFP local runner, MLflow/SQLite, DVC, Triton) on PRESET
 	$(VPY) -m pipelines run --local --preset $(PRESET)
+
+# The base checkpoint `make run` can fine-tune (params.yaml train.init: assets/base/$(PRESET)): this project's
+# own ingest -> annotate -> vae -> train on a seed make run never uses; commands, seeds and sizes are recorded
+# in assets/base/$(PRESET)/pretrain.json. Hours on 2 CPU cores at the default budget.
+PRETRAIN_STEPS ?= 3000
+PRETRAIN_CLIPS ?= 32
+pretrain: setup  ## regenerate the base checkpoint assets/base/PRESET (see components/train/pretrain.py)
+	$(VPY) -m components.train.pretrain --preset $(PRESET) --clips $(PRETRAIN_CLIPS) --steps $(PRETRAIN_STEPS) \
+		--out assets/base/$(PRESET) --work build/pretrain/$(PRESET)
 
 # One OpenMP thread: the tests run tiny models, where thread start-up costs more than it saves, and
 # several of them start subprocesses (Triton, KFP tasks) that would otherwise oversubscribe 2 cores.

@@ -160,11 +160,13 @@ def _data_tasks(num_clips, seed, source_dir, clip_hw_frames, groups, heldout, tr
 
 
 def _train_to_serve_tasks(shards, heldout, train_params, vae_fit, distill_steps, model_name, eval_clips,
-                          keep_serving, tracking, cluster):
+                          keep_serving, tracking, cluster, init_bundle=""):
     vae_steps, vae_lr, vae_cache = vae_fit
+    # init_bundle: fine-tune a base/released bundle; the vae step then passes that bundle's VAE through
+    # (the network was trained on its latents) and train loads network + VAE strictly from it.
     vf = _place(vae(shards=shards, preset=train_params["preset"], steps=vae_steps, lr=vae_lr, cache_dir=vae_cache,
-                    **tracking), "vae", cluster)
-    train_params = dict(train_params, vae=vf.outputs["vae"])
+                    init_bundle=init_bundle, **tracking), "vae", cluster)
+    train_params = dict(train_params, vae=vf.outputs["vae"], init=init_bundle)
     if cluster is not None:
         if not cluster.train_cluster:
             raise ValueError("ClusterSettings.train_cluster is empty; build settings with "
@@ -181,7 +183,8 @@ def _train_to_serve_tasks(shards, heldout, train_params, vae_fit, distill_steps,
     ds = _place(distill(teacher=tr.outputs["model"], shards=shards, ode_steps=ode_steps, dmd_steps=dmd_steps,
                         teacher_steps=teacher_steps, **tracking), "distill", cluster)
     qt = _place(quantize(model=ds.outputs["student"], shards=shards, **tracking), "quantize", cluster)
-    ev = _place(evaluate(model=qt.outputs["quantized"], heldout=heldout, num_clips=eval_clips, **tracking),
+    ev = _place(evaluate(model=qt.outputs["quantized"], heldout=heldout, num_clips=eval_clips,
+                         teacher=tr.outputs["model"], student=ds.outputs["student"], **tracking),
                 "evaluate", cluster)
     rg = _place(register(model=qt.outputs["quantized"], report=ev.outputs["report"], name=model_name,
                          **tracking), "register", cluster)
@@ -204,9 +207,11 @@ PARAM_DOCS = {
     "heldout_frames": "Raw frames per held-out clip (at least 2x clip_frames, to measure extrapolation).",
     "holdout_kinds": "Trajectory classes kept out of training and put first in the held-out set (comma list).",
     "heldout_uri": "URI of an existing held-out shards folder (artifact store URI) to evaluate on.",
-    "vae_steps": "Optimizer steps of the VAE fit (the vae step).",
+    "vae_steps": "Gradient steps of the VAE fit after its closed-form PCA start (0 = the PCA start alone).",
     "vae_lr": "Learning rate of the VAE fit.",
     "vae_cache_dir": "Folder caching VAE fits by data + config hash (empty = no cache).",
+    "init_bundle": "Model bundle to fine-tune from (a `make pretrain` base or an imported release, a path the "
+                   "train pod can read); empty = train from scratch.",
     "shards_uri": "URI of an existing annotated shards folder (artifact store URI) to train on.",
     "preset": "Model preset: tiny, small or sana_wm_2b6 (the 2.6 B paper model).",
     "steps": "Optimizer steps. tiny/small: one stage of this many steps; sana_wm_2b6: the paper's four "
@@ -272,8 +277,8 @@ def build_pipeline(name: str, cluster: ClusterSettings | None = None,
     if name == "train_to_serve":
         def train_to_serve(shards_uri: str, heldout_uri: str, preset: str = d_preset, steps: int = d_steps,
                            lr: float = 0.0, checkpoint_every: int = d_ckpt, stages_json: str = "",
-                           vae_steps: int = 600, vae_lr: float = 5e-4, vae_cache_dir: str = "",
-                           distill_ode_steps: int = 60, distill_dmd_steps: int = 4, distill_teacher_steps: int = 20,
+                           vae_steps: int = 0, vae_lr: float = 5e-4, vae_cache_dir: str = "",
+                           init_bundle: str = "", distill_ode_steps: int = 60, distill_dmd_steps: int = 4, distill_teacher_steps: int = 20,
                            model_name: str = "sana-wm", eval_clips: int = 2, keep_serving: bool = False,
                            tracking_uri: str = "", parent_run_id: str = "", experiment: str = "sana-wm"):
             tracking = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id, experiment=experiment)
@@ -285,15 +290,15 @@ def build_pipeline(name: str, cluster: ClusterSettings | None = None,
                                 stages_json=stages_json)
             _train_to_serve_tasks(imp.output, imp_h.output, train_params, (vae_steps, vae_lr, vae_cache_dir),
                                   (distill_ode_steps, distill_dmd_steps, distill_teacher_steps), model_name,
-                                  eval_clips, keep_serving, tracking, cluster)
+                                  eval_clips, keep_serving, tracking, cluster, init_bundle)
         return deco(_document(train_to_serve, summary))
 
     def full(num_clips: int = 8, seed: int = 0, source_dir: str = "", clip_height: int = 64,
              clip_width: int = 96, clip_frames: int = 33, annotate_groups: int = 2, heldout_clips: int = 2,
              heldout_frames: int = 69, holdout_kinds: str = "turn", preset: str = d_preset,
              steps: int = d_steps, lr: float = 0.0, checkpoint_every: int = d_ckpt, stages_json: str = "",
-             vae_steps: int = 600, vae_lr: float = 5e-4, vae_cache_dir: str = "",
-             distill_ode_steps: int = 60, distill_dmd_steps: int = 4,
+             vae_steps: int = 0, vae_lr: float = 5e-4, vae_cache_dir: str = "",
+             init_bundle: str = "", distill_ode_steps: int = 60, distill_dmd_steps: int = 4,
              distill_teacher_steps: int = 20, model_name: str = "sana-wm", eval_clips: int = 2, keep_serving: bool = False,
              tracking_uri: str = "", parent_run_id: str = "", experiment: str = "sana-wm"):
         tracking = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id, experiment=experiment)
@@ -304,5 +309,5 @@ def build_pipeline(name: str, cluster: ClusterSettings | None = None,
         _train_to_serve_tasks(ann.outputs["shards"], ann_h.outputs["shards"], train_params,
                               (vae_steps, vae_lr, vae_cache_dir),
                               (distill_ode_steps, distill_dmd_steps, distill_teacher_steps), model_name, eval_clips,
-                              keep_serving, tracking, cluster)
+                              keep_serving, tracking, cluster, init_bundle)
     return deco(_document(full, summary))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,13 +42,15 @@ class LocalRunConfig:
     heldout_clips: int = 2
     heldout_frames: int = 69
     holdout_kinds: str = "turn"
-    vae_steps: int = 600
+    vae_steps: int = 0
     vae_lr: float = 5e-4
     eval_clips: int = 2
     model_name: str = "sana-wm"
     experiment: str = "sana-wm"
     keep_serving: bool = False
     dvc: bool = True
+    init: str = ""  # train.init: model bundle to fine-tune from ('' = from scratch), relative to root
+    quiet: bool = True  # per-task log files + a step table instead of kfp.local's streamed JSON
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -75,7 +78,8 @@ class LocalRunConfig:
                             "teacher_steps": self.distill_teacher_steps},
                 "ingest": {"num_clips": self.num_clips, "seed": self.seed, "height": self.clip_height,
                            "width": self.clip_width, "frames": self.clip_frames},
-                "evaluate": {"num_clips": self.eval_clips}, "register": {"model_name": self.model_name}}
+                "evaluate": {"num_clips": self.eval_clips}, "register": {"model_name": self.model_name},
+                "train.init": self.init}
 
 
 def read_params(root: Path) -> dict[str, Any]:
@@ -93,7 +97,7 @@ def config_from_params(root: Path, **overrides: Any) -> LocalRunConfig:
     """``LocalRunConfig`` from ``root/params.yaml`` with non-None ``overrides`` on top."""
     p = read_params(root)
     base = dict(root=root, preset=p.get("preset", "small"),
-                steps=p.get("train", {}).get("steps", 200),
+                steps=p.get("train", {}).get("steps", 200), init=p.get("train", {}).get("init", "") or "",
                 distill_ode_steps=p.get("distill", {}).get("ode_steps", 60),
                 distill_dmd_steps=p.get("distill", {}).get("dmd_steps", 4),
                 distill_teacher_steps=p.get("distill", {}).get("teacher_steps", 20),
@@ -103,17 +107,34 @@ def config_from_params(root: Path, **overrides: Any) -> LocalRunConfig:
                 heldout_clips=p.get("heldout", {}).get("num_clips", 2),
                 heldout_frames=p.get("heldout", {}).get("frames", 69),
                 holdout_kinds=p.get("heldout", {}).get("holdout_kinds", "turn"),
-                vae_steps=p.get("vae", {}).get("steps", 600), vae_lr=p.get("vae", {}).get("lr", 5e-4),
+                vae_steps=p.get("vae", {}).get("steps", 0), vae_lr=p.get("vae", {}).get("lr", 5e-4),
                 eval_clips=p.get("evaluate", {}).get("num_clips", 2),
                 model_name=p.get("register", {}).get("model_name", "sana-wm"))
     base.update({k: v for k, v in overrides.items() if v is not None})
     return LocalRunConfig(**base)
 
 
+def _init_path(cfg: LocalRunConfig) -> str:
+    """Absolute path of ``cfg.init`` ('' = none); a clear error when the bundle is missing."""
+    if not cfg.init:
+        return ""
+    p = Path(cfg.init)
+    p = p if p.is_absolute() else cfg.root / p
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"train.init {cfg.init!r}: no model bundle (config.json) at {p}; "
+                                "regenerate it with `make pretrain` or set train.init: '' in params.yaml")
+    return str(p.resolve())
+
+
 def _matches_params(cfg: LocalRunConfig, params: dict[str, Any]) -> list[str]:
     """Names of the params where the run differs from ``params.yaml`` (empty = identical)."""
     diffs = []
     for key, want in cfg.dvc_params().items():
+        if "." in key:  # a nested key that shares its section with others (train.init beside train.steps)
+            sec, sub = key.split(".", 1)
+            if ((params.get(sec) or {}).get(sub) or "") != want:
+                diffs.append(key)
+            continue
         have = params.get(key)
         if isinstance(want, dict):
             diffs += [f"{key}.{k}" for k, v in want.items() if (have or {}).get(k) != v]
@@ -165,6 +186,7 @@ class LocalRunResult:
     dvc_committed: bool = False
     dvc_note: str = ""
     wall_s: float = 0.0
+    log_dir: Path | None = None  # per-task logs (kfp.local's executor JSON and each task's output)
 
 
 def run_local(cfg: LocalRunConfig) -> LocalRunResult:
@@ -186,7 +208,8 @@ def run_local(cfg: LocalRunConfig) -> LocalRunResult:
     parent.log_params({k: v for k, v in asdict(cfg).items() if k != "root"})
     timings_dir = layout.data / "kfp" / f".timings-{parent.run_id}"
     started = time.perf_counter()
-    result = LocalRunResult(run_dir=layout.kfp_root, parent_run_id=parent.run_id, tracking_uri=uri)
+    result = LocalRunResult(run_dir=layout.kfp_root, parent_run_id=parent.run_id, tracking_uri=uri,
+                            log_dir=layout.kfp_root / f"logs-{parent.run_id}")
     pipeline = build_pipeline("full", cluster=None, meta=PipelineMeta())
     # kfp.local's subprocesses inherit this process's environment: the timings folder travels that way.
     old_env = os.environ.get(ENV_TIMINGS_DIR)
@@ -194,14 +217,18 @@ def run_local(cfg: LocalRunConfig) -> LocalRunResult:
     try:
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(layout.kfp_root))
         before = set(layout.kfp_root.glob("sana-wm-full-*"))
-        pipeline(num_clips=cfg.num_clips, seed=cfg.seed, clip_height=cfg.clip_height, clip_width=cfg.clip_width,
-                 clip_frames=cfg.clip_frames, heldout_clips=cfg.heldout_clips, heldout_frames=cfg.heldout_frames,
-                 holdout_kinds=cfg.holdout_kinds, preset=cfg.preset, steps=cfg.steps, vae_steps=cfg.vae_steps,
-                 vae_lr=cfg.vae_lr, vae_cache_dir=str(layout.vae_cache),
-                 distill_ode_steps=cfg.distill_ode_steps, distill_dmd_steps=cfg.distill_dmd_steps,
-                 distill_teacher_steps=cfg.distill_teacher_steps,
-                 model_name=cfg.model_name, eval_clips=cfg.eval_clips, keep_serving=cfg.keep_serving,
-                 tracking_uri=uri, parent_run_id=parent.run_id, experiment=cfg.experiment)
+        from pipelines.console import quiet_kfp
+
+        print(f"per-task logs (kfp executor JSON, full step output): {result.log_dir}", flush=True)
+        with quiet_kfp(result.log_dir) if cfg.quiet else nullcontext():
+            pipeline(num_clips=cfg.num_clips, seed=cfg.seed, clip_height=cfg.clip_height, clip_width=cfg.clip_width,
+                     clip_frames=cfg.clip_frames, heldout_clips=cfg.heldout_clips, heldout_frames=cfg.heldout_frames,
+                     holdout_kinds=cfg.holdout_kinds, preset=cfg.preset, steps=cfg.steps, vae_steps=cfg.vae_steps,
+                     vae_lr=cfg.vae_lr, vae_cache_dir=str(layout.vae_cache), init_bundle=_init_path(cfg),
+                     distill_ode_steps=cfg.distill_ode_steps, distill_dmd_steps=cfg.distill_dmd_steps,
+                     distill_teacher_steps=cfg.distill_teacher_steps,
+                     model_name=cfg.model_name, eval_clips=cfg.eval_clips, keep_serving=cfg.keep_serving,
+                     tracking_uri=uri, parent_run_id=parent.run_id, experiment=cfg.experiment)
         new = sorted(set(layout.kfp_root.glob("sana-wm-full-*")) - before)
         if not new:
             raise RuntimeError(f"kfp.local finished but wrote no run folder under {layout.kfp_root}")
@@ -282,6 +309,8 @@ def format_summary(result: LocalRunResult, layout: DataLayout) -> str:
     lines.append(f"total wall time {result.wall_s:.1f} s; KFP run folder {result.run_dir}")
     if result.dvc_note:
         lines.append(f"DVC: {result.dvc_note}")
+    if result.log_dir is not None:
+        lines.append(f"per-task logs: {result.log_dir}/<task>.log")
     db = result.tracking_uri
     lines.append(f"MLflow UI:  mlflow ui --backend-store-uri {db}"
                  + (f" --default-artifact-root {layout.mlflow_artifacts}" if db.startswith("sqlite") else ""))

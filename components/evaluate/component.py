@@ -13,6 +13,9 @@ def evaluate(
     report: Output[Artifact],
     metrics: Output[Metrics],
     num_clips: int = 2,
+    teacher: Input[Model] = None,
+    student: Input[Model] = None,
+    drift_factor: float = 4.0,
     tracking_uri: str = "",
     parent_run_id: str = "",
     experiment: str = "",
@@ -25,6 +28,9 @@ def evaluate(
         report: Output folder (metrics.json, plots/, samples/).
         metrics: The same flat metrics as a KFP Metrics artifact (shown in the KFP UI).
         num_clips: Held-out clips to generate.
+        teacher: Optional teacher bundle, scored the same way (teacher.* metrics, table.md).
+        student: Optional student bundle, scored the same way (student.* metrics, table.md).
+        drift_factor: Drift rollout length in training clip lengths (0 = none).
         tracking_uri: MLflow tracking URI ('' = no tracking).
         parent_run_id: MLflow run to nest this step under.
         experiment: MLflow experiment name.
@@ -34,8 +40,13 @@ def evaluate(
 
     from components.common.launch import run_step
 
-    run_step("evaluate", ["--model", model.path, "--heldout", heldout.path, "--out", report.path,
-                          "--num-clips", num_clips], tracking_uri, parent_run_id, experiment)
+    argv = ["--model", model.path, "--heldout", heldout.path, "--out", report.path, "--num-clips", num_clips,
+            "--drift-factor", drift_factor]
+    if teacher is not None:
+        argv += ["--teacher", teacher.path]
+    if student is not None:
+        argv += ["--student", student.path]
+    run_step("evaluate", argv, tracking_uri, parent_run_id, experiment)
     with open(os.path.join(report.path, "metrics.json"), encoding="utf-8") as f:
         for k, v in json.load(f).items():
             metrics.log_metric(k, float(v))

@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0 = end only)")
     ap.add_argument("--ckpt-dir", default=None, help="checkpoint folder (default <out>.ckpt)")
     ap.add_argument("--cache-dir", default=None, help="latent cache folder (default <out>.cache)")
-    ap.add_argument("--init", default=None, help="start from this model bundle instead of random weights")
+    ap.add_argument("--init", default=None,
+                    help="fine-tune this model bundle (network and VAE loaded strictly, e.g. a `python -m model "
+                         "import` of released weights or assets/base/<preset>) instead of random weights; '' = none")
     ap.add_argument("--max-clips", type=int, default=None, help="use at most this many clips")
     ap.add_argument("--ema", type=float, default=None, help="EMA decay (e.g. 0.999); off by default")
     ap.add_argument("--no-activation-checkpointing", action="store_true")
@@ -44,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--vae", default=None,
                     help="fitted VAE folder from `python -m components.vae` (default: the preset's VAE as built)")
     ap.add_argument("--train-config-json", default=None, help="a full TrainConfig as JSON (overrides the flags)")
+    ap.add_argument("--progress-every", type=int, default=None,
+                    help="print a '[progress]' line every N steps when stderr is not a terminal (default: steps/20)")
+    ap.add_argument("--sample-every", type=int, default=None,
+                    help="log a sample video to MLflow every N steps (default: steps/5 for runs of >= 1000 steps, else off)")
     from components.common.tracking import add_tracking_args
 
     add_tracking_args(ap)
@@ -65,7 +71,8 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
 def run_training(tc: TrainConfig, shards: str, out: str, *, ckpt_dir: str | None = None,
                  cache_dir: str | None = None, init: str | None = None, max_clips: int | None = None,
                  logger: Any = None, stop_after: int | None = None, samples: list[dict] | None = None,
-                 vae_dir: str | None = None) -> dict:
+                 vae_dir: str | None = None, progress_every: int | None = None,
+                 sample_every: int | None = None) -> dict:
     """Train and (rank 0) write the teacher bundle to ``out``. Returns a summary dict (losses, steps).
 
     ``vae_dir`` is a VAE folder from ``components.vae`` (see ``--vae``); it replaces the preset's (or the
@@ -126,8 +133,15 @@ def run_training(tc: TrainConfig, shards: str, out: str, *, ckpt_dir: str | None
         datasets = build()
 
     net = pipe.network
+    total = tc.total_steps
+    if progress_every is None:
+        progress_every = max(1, total // 20)
+    if sample_every is None:
+        sample_every = total // 5 if total >= 1000 else 0
     trainer = Trainer(tc, net, datasets, cfg, ckpt, logger=logger,
-                      rank=rank, world_size=world, device=device)
+                      rank=rank, world_size=world, device=device, progress_every=progress_every,
+                      on_sample=_sampler(pipe, samples[0], logger) if (sample_every and logger is not None) else None,
+                      sample_every=sample_every)
     results = trainer.run(stop_after=stop_after)
     summary = {"losses": [r.loss for r in results], "steps": trainer.state.step,
                "grad_norms": [r.grad_norm for r in results],
@@ -145,6 +159,35 @@ def run_training(tc: TrainConfig, shards: str, out: str, *, ckpt_dir: str | None
     if world > 1:
         torch.distributed.barrier()
     return summary
+
+
+def _sampler(pipe: Any, sample: dict, logger: Any):
+    """A callback for ``Trainer(on_sample=...)``: generate the first training clip's first 1 + 2*stride
+    frames from its first image and camera path (few Euler steps) and log the mp4 to MLflow."""
+
+    def sample_video(step: int) -> None:
+        import tempfile
+
+        import numpy as np
+
+        from components.vae.fit import clips_from_samples
+        from model.video_io import write_video
+
+        cfg = pipe.config
+        frames = clips_from_samples([sample], cfg.video_height, cfg.video_width)[0]
+        n = min(len(frames), cfg.vae.num_raw_frames(3))
+        K = np.asarray(sample["intrinsics"], np.float64)
+        K = np.broadcast_to(K, (len(sample["c2w"]), 3, 3)) if K.ndim == 2 else K
+        sy, sx = cfg.video_height / np.asarray(sample["frames"]).shape[1], cfg.video_width / np.asarray(sample["frames"]).shape[2]
+        K = K[:n] * np.array([[sx], [sy], [1.0]])
+        video = pipe.generate(frames[0], np.asarray(sample["c2w"], np.float64)[:n], K, seed=0,
+                              mode="bidirectional", num_steps=8)
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / f"sample-step{step:07d}.mp4"
+            write_video(np.concatenate([frames[:n], video], axis=2), path, float(sample["fps"]))  # GT | generated
+            logger.log_artifact(path, "samples")
+
+    return sample_video
 
 
 def _use_vae(pipe: Any, vae_dir: str) -> dict:
@@ -168,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return plan_main(argv[1:])
     a = build_parser().parse_args(argv)
+    a.init = a.init or None
+    if a.init is not None and not (Path(a.init) / "config.json").is_file():
+        print(f"error: --init {a.init!r} is not a model bundle (no config.json)", file=sys.stderr)
+        return 2
     if a.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {a.steps}")
     if a.vae is not None and not (Path(a.vae) / "config.json").is_file():
@@ -194,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     with logger_from_args(a, "train") as logger:
         summary = run_training(tc, a.shards, a.out, ckpt_dir=a.ckpt_dir, cache_dir=a.cache_dir, init=a.init,
                                max_clips=a.max_clips, logger=logger,
-                               vae_dir=a.vae)
+                               vae_dir=a.vae, progress_every=a.progress_every, sample_every=a.sample_every)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"out": a.out, "steps": summary["steps"],
                           "final_loss": summary["losses"][-1] if summary["losses"] else None}))

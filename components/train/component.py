@@ -20,6 +20,7 @@ def train(
     cluster_spec: str = "",
     kfp_run_id: str = "",
     kfp_task_name: str = "",
+    init: str = "",
     tracking_uri: str = "",
     parent_run_id: str = "",
     experiment: str = "",
@@ -41,6 +42,7 @@ def train(
         cluster_spec: JSON ``components.train.trainjob.ClusterSpec`` (placement, fixed at compile time).
         kfp_run_id: The KFP run id (per-run output folder, job name).
         kfp_task_name: The KFP task name (job name: a retry re-attaches to the same job).
+        init: Model bundle to fine-tune from (network and VAE loaded strictly; '' = random weights).
         tracking_uri: MLflow tracking URI ('' = the task's MLFLOW_TRACKING_URI env, else no tracking).
         parent_run_id: MLflow run to nest this step under.
         experiment: MLflow experiment name.
@@ -57,6 +59,8 @@ def train(
 
     argv = ["--shards", shards.path, "--vae", vae.path, "--preset", preset, "--steps", steps, "--out", model.path,
             "--checkpoint-every", checkpoint_every]
+    if init:
+        argv += ["--init", init]
     if lr > 0:
         argv += ["--lr", lr]
     if stages_json:

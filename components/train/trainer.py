@@ -146,7 +146,9 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, network: nn.Module, datasets: dict[int, ClipLatentDataset],
                  world_config: Any, ckpt_dir: str | Path, logger: MetricsLogger | None = None,
-                 rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu"):
+                 rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
+                 progress: bool | None = None, progress_every: int = 0,
+                 on_sample: Callable[[int], None] | None = None, sample_every: int = 0):
         missing = sorted({s.latent_frames for s in cfg.stages} - set(datasets))
         if missing:
             raise ValueError(f"Trainer: no dataset for stage clip lengths (latent frames) {missing}")
@@ -158,6 +160,14 @@ class Trainer:
         self.device = torch.device(device)
         self.ckpt_dir = Path(ckpt_dir)
         self.logger = logger if (logger is not None and rank == 0) else NullLogger()
+        # Progress (rank 0): a tqdm bar on a terminal; otherwise (KFP task, log file) a "[progress]" line
+        # every progress_every steps, which the local runner's console forwards (pipelines.console).
+        import sys
+
+        self.progress = (sys.stderr.isatty() if progress is None else progress) and rank == 0
+        self.progress_every = progress_every if rank == 0 else 0
+        self.on_sample = on_sample if rank == 0 else None
+        self.sample_every = sample_every
         self.net = network.to(self.device)
         if cfg.activation_checkpointing:
             apply_activation_checkpointing(self.net)
@@ -251,6 +261,11 @@ class Trainer:
         self.logger.log_params({"train." + k: v for k, v in _flatten(self.cfg.to_dict()).items()})
         results: list[StepResult] = []
         self.net.train()
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.cfg.total_steps, initial=self.state.step, desc="train", disable=not self.progress,
+                   dynamic_ncols=True)
+        ema_loss = None
         while self.state.step < self.cfg.total_steps:
             if stop_after is not None and len(results) >= stop_after:
                 break
@@ -259,13 +274,25 @@ class Trainer:
             r = self.train_step(stage)
             dt = time.perf_counter() - t0
             results.append(r)
+            tok_s = r.tokens / max(dt, 1e-9)
+            ema_loss = r.loss if ema_loss is None else 0.9 * ema_loss + 0.1 * r.loss
+            bar.update(1)
+            bar.set_postfix(loss=f"{ema_loss:.4f}", gnorm=f"{r.grad_norm:.2f}", tok_s=f"{tok_s:.0f}")
+            if self.progress_every and (r.step % self.progress_every == 0 or r.step == self.cfg.total_steps):
+                print(f"[progress] train step {r.step}/{self.cfg.total_steps} loss {ema_loss:.4f} "
+                      f"grad_norm {r.grad_norm:.2f} lr {r.lr:.2e} {tok_s:.0f} tok/s {dt:.2f} s/step", flush=True)
             if r.step % self.cfg.log_every == 0:
-                self.logger.log_metrics({"loss": r.loss, "grad_norm": r.grad_norm, "lr": r.lr,
-                                         "tokens_per_s": r.tokens / max(dt, 1e-9),
+                self.logger.log_metrics({"loss": r.loss, "loss_smooth": ema_loss, "grad_norm": r.grad_norm,
+                                         "lr": r.lr, "tokens_per_s": tok_s, "step_seconds": dt,
                                          "peak_memory_mb": _peak_memory_mb(self.device)}, step=r.step)
+            if self.on_sample is not None and self.sample_every and r.step % self.sample_every == 0:
+                self.net.eval()
+                self.on_sample(r.step)  # e.g. a short sample video logged to MLflow (long runs)
+                self.net.train()
             every = self.cfg.checkpoint_every
             if every and r.step % every == 0 and r.step < self.cfg.total_steps:
                 self.save_checkpoint()
+        bar.close()
         if self.state.step >= self.cfg.total_steps:
             self.save_checkpoint()
         return results

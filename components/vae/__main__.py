@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0, help="seed of the random initial weights and of the sampling")
     ap.add_argument("--max-clips", type=int, default=None, help="use at most this many clips")
     ap.add_argument("--cache-dir", type=Path, default=None, help="reuse a previous fit with the same key")
+    ap.add_argument("--init-bundle", type=lambda v: Path(v) if v else None, default=None,
+                    help="use this model bundle's VAE as is (train fine-tunes the bundle); only its PSNR is measured")
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_tracking_args(ap)
     return ap
@@ -54,6 +56,8 @@ def _check(a: argparse.Namespace) -> str | None:
         return f"need --lr > 0, --batch >= 1, --crop >= 0, --eval-every >= 0; got {a.lr}, {a.batch}, {a.crop}, {a.eval_every}"
     if not a.shards.is_dir():
         return f"--shards {str(a.shards)!r} is not a folder"
+    if a.init_bundle is not None and not (a.init_bundle / "vae" / "config.json").is_file():
+        return f"--init-bundle {str(a.init_bundle)!r} is not a model bundle (no vae/config.json)"
     return None
 
 
@@ -70,7 +74,7 @@ def run(a: argparse.Namespace, logger: Any) -> dict:
     """Fit (or reuse, or copy through) and write ``a.out``; returns the ``fit.json`` report."""
     import torch
 
-    from components.common import atomic
+    from model import atomic
     from components.train.data import iter_samples
     from components.vae.fit import clips_from_samples, default_vae_steps, fit_vae
     from components.vae.report import before_after_sheet, plot_curve
@@ -97,6 +101,8 @@ def run(a: argparse.Namespace, logger: Any) -> dict:
     if not samples:
         raise ValueError(f"{a.shards}: no training clips in the shards")
     clips = clips_from_samples(samples, cfg.video_height, cfg.video_width)
+    if a.init_bundle is not None:
+        return _from_bundle(a, cfg, clips, logger)
     options = {"steps": steps, "lr": a.lr, "batch": a.batch, "crop": a.crop or None, "frames": a.frames,
                "eval_every": a.eval_every, "seed": a.seed}
     key = fit_key(clips, cfg.vae.__dict__ | {"preset": a.preset}, options)
@@ -127,6 +133,39 @@ def run(a: argparse.Namespace, logger: Any) -> dict:
         atomic.copy_tree(a.out, cached)
     print(f"vae: held-out PSNR {r['psnr_before']:.2f} -> {r['psnr_after']:.2f} dB after {steps} steps "
           f"({report['fit_seconds']:.0f} s)")
+    _log_outputs(logger, a.out, report)
+    return report
+
+
+def _from_bundle(a: argparse.Namespace, cfg: Any, clips: list[Any], logger: Any) -> dict:
+    """Pass the VAE of ``--init-bundle`` through unchanged (weights and latent statistics: the bundle's
+    network was trained on exactly these latents), measuring its PSNR on the training clips."""
+    import torch
+
+    from model import atomic
+    from components.vae.fit import _preview, _preview_target, _to_unit, _windows, reconstruction_psnr
+    from components.vae.report import before_after_sheet
+    from model.config import WorldModelConfig
+    from model.encoders.vae import load_vae
+
+    bcfg = WorldModelConfig.from_dict(json.loads((a.init_bundle / "config.json").read_text()))
+    if bcfg.vae != cfg.vae:
+        raise ValueError(f"--init-bundle {a.init_bundle}: its VAE config differs from preset {a.preset!r}'s")
+    vae = load_vae(a.init_bundle / "vae", bcfg.vae)
+    ts = cfg.vae.temporal_stride
+    px = [_to_unit(c, f"clips[{i}]") for i, c in enumerate(clips)]
+    n = 1 + ts * ((min(p.shape[1] for p in px) - 1) // ts)
+    windows = _windows(px, n, min(4, len(px)), torch.Generator().manual_seed(a.seed + 1))
+    psnr = reconstruction_psnr(vae, windows)
+    report = {"steps": 0, "from_bundle": str(a.init_bundle), "psnr_before": psnr, "psnr_init": psnr,
+              "psnr_after": psnr, "curve": [[0, psnr]], "losses": [], "reused": False, "preset": a.preset,
+              "init": "bundle", "fit_seconds": 0.0, "held_out": False}
+    with atomic.atomic_dir(a.out) as tmp:
+        vae.save_to(tmp)
+        w = windows[0]
+        before_after_sheet(_preview_target(w), _preview(vae, w), _preview(vae, w), tmp / "before_after.png")
+        atomic.write_json(tmp / "fit.json", report)
+    print(f"vae: using the VAE of {a.init_bundle} (PSNR on the training clips {psnr:.2f} dB)")
     _log_outputs(logger, a.out, report)
     return report
 

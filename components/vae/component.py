@@ -15,6 +15,7 @@ def vae(
     lr: float = 5e-4,
     seed: int = 0,
     cache_dir: str = "",
+    init_bundle: str = "",
     tracking_uri: str = "",
     parent_run_id: str = "",
     experiment: str = "",
@@ -29,6 +30,7 @@ def vae(
         lr: Peak AdamW learning rate.
         seed: Seed of the random initial weights and of the window sampling.
         cache_dir: Folder of earlier fits keyed by data + options ('' = always fit).
+        init_bundle: Model bundle whose VAE is used as is (train fine-tunes that bundle; '' = fit one).
         tracking_uri: MLflow tracking URI ('' = no tracking).
         parent_run_id: MLflow run to nest this step under.
         experiment: MLflow experiment name.
@@ -39,4 +41,6 @@ def vae(
             "--seed", seed, "--no-progress"]
     if cache_dir:
         argv += ["--cache-dir", cache_dir]
+    if init_bundle:
+        argv += ["--init-bundle", init_bundle]
     run_step("vae", argv, tracking_uri, parent_run_id, experiment)

@@ -104,7 +104,8 @@ def _log2(n: int, what: str) -> int:
 
 
 def tiny_ltx2_kwargs(cfg: VAEConfig) -> dict:
-    """``AutoencoderKLLTX2Video`` kwargs of a small random-weight VAE with ``cfg``'s strides.
+    """``AutoencoderKLLTX2Video`` kwargs of a small random-weight VAE with ``cfg``'s strides
+    (``cfg.layout`` picks the geometry: ``_patch_ltx2_kwargs`` for "patch", the pyramid below otherwise).
 
     Geometry: a ``patch_size`` = min(4, s) space-to-depth patchify (what LTX-2 itself does first), then one
     down block per remaining factor of 2, paired as "spatiotemporal" where both axes still need one,
@@ -113,6 +114,8 @@ def tiny_ltx2_kwargs(cfg: VAEConfig) -> dict:
     residual of the downsampler stays an integer group). The decoder mirrors the encoder with residual
     upsamplers (depth-to-space shortcut) and upsample factor 1, so no stage loses width on the way up.
     """
+    if cfg.layout == "patch":
+        return _patch_ltx2_kwargs(cfg)
     s, t, c = cfg.spatial_stride, cfg.temporal_stride, cfg.latent_channels
     patch = min(4, s)
     n_sp, n_t = _log2(s // patch, "spatial_stride / patch_size"), _log2(t, "VAEConfig.temporal_stride")
@@ -139,6 +142,39 @@ def tiny_ltx2_kwargs(cfg: VAEConfig) -> dict:
         "decoder_spatio_temporal_scaling": (True,) * n, "decoder_inject_noise": (False,) * (n + 1),
         "upsample_type": tuple(reversed(kinds)),  # the decoder indexes this in its own (reversed) order
         "upsample_residual": (True,) * n, "upsample_factor": (1,) * n, "timestep_conditioning": False,
+    }
+
+
+def _patch_ltx2_kwargs(cfg: VAEConfig) -> dict:
+    """The "patch" layout: all spatial compression in LTX-2's own patchify (``patch_size`` = spatial
+    stride), then one "temporal" down block per factor 2 of the temporal stride, with no resnet layers.
+
+    Why: every down block's residual path is then an exact temporal space-to-depth (group size 1) and
+    every up block's an exact depth-to-space, so the whole VAE is a linear map plus two
+    ``PerChannelRMSNorm`` + SiLU stages, which ``components.vae.pca_init`` turns into a PCA autoencoder
+    (a constant carrier channel keeps the norms in their linear regime). A randomly initialised deep
+    LTX-2 VAE sits on the mean-colour plateau for far longer than a CPU fit lasts (docs: the vae step).
+    Encoder widths double per block (C -> 2C -> 4C, lossless); the decoder runs at ``base_dim`` (a
+    multiple of 4**blocks: each output frame sees ``base_dim / 4**blocks`` distinct channels).
+    """
+    s, t, c = cfg.spatial_stride, cfg.temporal_stride, cfg.latent_channels
+    n = _log2(t, "VAEConfig.temporal_stride")
+    if n < 1:
+        raise ValueError("VAEConfig.layout='patch' needs temporal_stride >= 2")
+    _log2(s, "VAEConfig.spatial_stride")
+    if cfg.base_dim % (2 ** n * 2):
+        raise ValueError(f"VAEConfig.layout='patch': base_dim ({cfg.base_dim}) must be a multiple of "
+                         f"{2 ** (n + 1)} (two channels per output frame at least)")
+    layers = (cfg.num_layers,) * (n + 1)
+    return {
+        "latent_channels": c, "patch_size": s, "patch_size_t": 1,
+        "block_out_channels": tuple(c * 2 ** (i + 1) for i in range(n)),
+        "down_block_types": ("LTX2VideoDownBlock3D",) * n, "layers_per_block": layers,
+        "spatio_temporal_scaling": (True,) * n, "downsample_type": ("temporal",) * n,
+        "decoder_block_out_channels": (cfg.base_dim,) * n, "decoder_layers_per_block": layers,
+        "decoder_spatio_temporal_scaling": (True,) * n, "decoder_inject_noise": (False,) * (n + 1),
+        "upsample_type": ("temporal",) * n, "upsample_residual": (True,) * n, "upsample_factor": (1,) * n,
+        "timestep_conditioning": False,
     }
 
 

@@ -35,22 +35,56 @@ def test_evaluate_end_to_end(tmp_path, monkeypatch):
                         "--split", "heldout", "--holdout-kinds", "turn", "--no-progress",
                         "--out", str(tmp_path / "raw")]) == 0
     assert annotate_main(["batch", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "shards")]) == 0
-    WorldModelPipeline.from_config(get_preset("tiny")).save_pretrained(tmp_path / "model", kind="quantized")
+    pipe = WorldModelPipeline.from_config(get_preset("tiny"))
+    pipe.save_pretrained(tmp_path / "model", kind="quantized")
+    pipe.save_pretrained(tmp_path / "teacher", kind="teacher")
     assert evaluate_main(["--model", str(tmp_path / "model"), "--heldout", str(tmp_path / "shards"),
-                          "--out", str(tmp_path / "eval"), "--num-clips", "1", "--max-frames", "9"]) == 0
+                          "--out", str(tmp_path / "eval"), "--num-clips", "1", "--max-frames", "9",
+                          "--teacher", str(tmp_path / "teacher"), "--drift-factor", "0.5"]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["num_clips"] == 1 and metrics["num_frames"] == 9
-    for k in ("rot_err_deg_mean", "trans_err_mean", "cammc_mean", "psnr_mean", "gen_fps", "latent_fps",
-              "vae_psnr_db"):
+    keys = ("vae_psnr_db", "frame0_psnr_db", "psnr_mean", "rot_err_deg_mean", "rot_err_deg_mean_mirrored",
+            "yaw_direction_agreement", "registered_fraction", "trans_err_mean", "cammc_mean", "gen_fps", "latent_fps")
+    for k in keys:
         assert isinstance(metrics[k], float), k
+        assert metrics[f"quantized.{k}"] == metrics[k], k  # the headline model is also its own variant
+        assert isinstance(metrics[f"teacher.{k}"], float), k
     assert metrics["gen_fps"] > 0 and 0 <= metrics["registered_fraction"] <= 1
-    assert len(list((tmp_path / "eval" / "plots").glob("*.png"))) == 1
-    assert len(list((tmp_path / "eval" / "samples").glob("*.mp4"))) == 1
-    assert (tmp_path / "eval" / "smoke_input" / "trajectory.npz").is_file()
+    assert metrics["yaw_direction_agreement"] in (0.0, 1.0)  # one "turn" clip
+    assert metrics["drift.num_frames"] == 13.0  # 0.5 x the default 33-frame training clip, cut to 1 + 4k
+    plots = {p.name for p in (tmp_path / "eval" / "plots").glob("*.png")}
+    assert plots == {"heldout1-00000.png", "heldout1-00000_path.png", "heldout1-00000_contact_sheet.png", "drift.png"}
+    samples = {p.name for p in (tmp_path / "eval" / "samples").glob("*.mp4")}
+    assert samples == {"heldout1-00000.mp4", "heldout1-00000_gt_vs_gen.mp4", "heldout1-00000_drift.mp4"}
+    assert (tmp_path / "eval" / "contact_sheet.png").is_file()
+    table = (tmp_path / "eval" / "table.md").read_text()
+    assert "| quantized |" in table and "| teacher |" in table and "rot_err_deg_mean_mirrored" in table
+    import numpy as np
+
+    smoke = np.load(tmp_path / "eval" / "smoke_input" / "trajectory.npz")
+    assert len(smoke["c2w"]) <= 33  # a request the server accepts (its limit is 65 frames)
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     # the first held-out clip by key, which is the held-out trajectory class ("turn" starts the split)
-    assert list(report["clips"]) == ["heldout1-00000"]
-    assert report["mode"] == "few_step"  # a quantized bundle is evaluated the way it is served
+    assert list(report["variants"]["quantized"]) == ["heldout1-00000"]
+    assert report["mode"] == {"quantized": "few_step", "teacher": "streaming"}  # each as it is served
+
+
+def test_mirror_and_yaw_helpers():
+    import numpy as np
+
+    from components.evaluate.report import extend_trajectory, mirror_trajectory, total_yaw_deg
+    from model.trajectory import trajectory_from_actions
+
+    K = np.array([[50.0, 0, 32], [0, 50.0, 32], [0, 0, 1]])
+    right = trajectory_from_actions("yaw_right 30 2s", fps=8, K=K)
+    assert total_yaw_deg(right.c2w) > 20
+    m = mirror_trajectory(right.c2w)
+    assert abs(total_yaw_deg(m) + total_yaw_deg(right.c2w)) < 1e-6  # yaw flips sign
+    np.testing.assert_allclose(np.linalg.det(m[:, :3, :3]), 1.0, atol=1e-9)  # still rotations
+    long_c2w, long_K = extend_trajectory(right.c2w, right.intrinsics, 4 * len(right.c2w))
+    assert len(long_c2w) == len(long_K) == 4 * len(right.c2w)
+    np.testing.assert_allclose(long_c2w[: len(right.c2w)], right.c2w)
+    assert total_yaw_deg(long_c2w[: 2 * len(right.c2w)]) > total_yaw_deg(right.c2w)  # keeps turning
 
 
 def test_held_out_loader_takes_the_first_clips_and_the_whole_clip(tmp_path):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from model.config import get_preset
+
 from components.train.__main__ import main
 from components.train.data import write_synthetic_shards
 from model.pipeline import WorldModelPipeline
@@ -31,6 +33,35 @@ def test_cli_plain_writes_teacher_bundle(shards, tmp_path):
     assert pipe.metadata["kind"] == "teacher"
     assert pipe.metadata["info"]["steps"] == 2 and pipe.metadata["info"]["clips"] == {"4": 3}
     assert (tmp_path / "teacher.ckpt" / "step-00000002" / "model.safetensors").exists()
+
+
+def test_init_fine_tunes_a_bundle_and_prints_progress(shards, tmp_path, capsys):
+    """--init: the bundle's network and VAE are the starting point (strict load), training continues
+    from them; with a non-terminal stderr the loop prints '[progress]' lines (the local console shows them)."""
+    import torch
+
+    base = tmp_path / "base"
+    src = WorldModelPipeline.from_config(get_preset("tiny"), seed=7)
+    src.save_pretrained(base, kind="teacher")
+    out = tmp_path / "tuned"
+    assert main(["--shards", str(shards), "--preset", "tiny", "--steps", "2", "--batch-size", "1", "--init", str(base),
+                 "--progress-every", "1", "--out", str(out)]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[progress] train step")]
+    assert [x.split()[3] for x in lines] == ["1/2", "2/2"] and "tok/s" in lines[0]
+    tuned = WorldModelPipeline.from_pretrained(out)
+    a, b = src.network.state_dict(), tuned.network.state_dict()
+    close = sum(torch.allclose(a[k], b[k], atol=1e-2) for k in a)
+    assert close > 0.9 * len(a)  # 2 small steps away from the base, not a fresh random network
+    fresh = WorldModelPipeline.from_config(get_preset("tiny"), seed=0).network.state_dict()
+    assert sum(torch.allclose(fresh[k], b[k], atol=1e-2) for k in a) < close
+    va, vb = src.vae.state_dict(), tuned.vae.state_dict()
+    assert all(torch.equal(va[k], vb[k]) for k in va)  # no --vae: the bundle's VAE is kept
+
+
+def test_init_that_is_not_a_bundle_is_a_clear_error(shards, tmp_path, capsys):
+    assert main(["--shards", str(shards), "--preset", "tiny", "--steps", "1", "--init", str(tmp_path),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "is not a model bundle" in capsys.readouterr().err
 
 
 def test_cli_rejects_missing_shards(tmp_path):

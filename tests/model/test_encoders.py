@@ -23,7 +23,7 @@ def test_wan_vae_shapes_and_frame_rule(tiny_vae):
     cfg = get_preset("tiny").vae
     pixels = torch.rand(1, 3, 5, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
     z = tiny_vae.encode(pixels)
-    assert z.shape == (1, cfg.latent_channels, cfg.num_latent_frames(5), 8, 8) == (1, 8, 2, 8, 8)
+    assert z.shape == (1, cfg.latent_channels, cfg.num_latent_frames(5), 8, 8) == (1, 16, 2, 8, 8)
     # causal VAE: latent frame 0 depends on raw frame 0 only, so encoding the image alone gives it
     torch.testing.assert_close(tiny_vae.encode(pixels[:, :, :1]), z[:, :, :1], atol=1e-5, rtol=1e-4)
     x = tiny_vae.decode(z)
@@ -48,7 +48,7 @@ def test_vae_meta_build_and_stride_check(tiny_vae):
 def test_vae_save_load_round_trip(tiny_vae, tmp_path):
     tiny_vae.save_to(tmp_path / "vae")
     back = load_vae(tmp_path / "vae", get_preset("tiny").vae)
-    z = torch.randn(1, 8, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    z = torch.randn(1, get_preset("tiny").vae.latent_channels, 2, 8, 8, generator=torch.Generator().manual_seed(1))
     assert torch.equal(back.decode(z), tiny_vae.decode(z))
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_vae(tmp_path / "missing", get_preset("tiny").vae)

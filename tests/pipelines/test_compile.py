@@ -21,7 +21,7 @@ FULL_EDGES = {("annotate-plan", "ingest"), ("for-loop-1", "annotate-plan"), ("fo
               ("vae", "annotate-merge"), ("train", "vae"),
               ("train", "annotate-merge"), ("distill", "train"), ("distill", "annotate-merge"),
               ("quantize", "distill"), ("quantize", "annotate-merge"), ("evaluate", "quantize"),
-              ("evaluate", "annotate"), ("register", "evaluate"),
+              ("evaluate", "annotate"), ("evaluate", "train"), ("evaluate", "distill"), ("register", "evaluate"),
               ("register", "quantize"), ("deploy", "register")}
 
 

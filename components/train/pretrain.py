@@ -1,0 +1,106 @@
+"""``python -m components.train.pretrain --preset small --out assets/base/small [--clips 32 --steps 3000]``
+
+Regenerates the base checkpoint that ``make run`` can fine-tune (``params.yaml`` ``train.init``), with this
+project's own steps only: ``ingest`` (synthetic training split, its own seed so the scenes differ from
+``make run``'s and from the held-out stream) -> ``annotate batch`` -> ``vae`` (the PCA start) -> ``train``.
+The bundle is written with half-precision weights (``load_into`` casts them back to the module's dtype on
+load) plus ``pretrain.json``: the exact commands, seeds, versions and the file sizes. The same path a user
+takes with released weights imported by ``python -m model import``: ``train --init DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+SIZE_BUDGET_MB = 30.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m components.train.pretrain", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--out", required=True, type=Path, help="bundle folder to (re)write, e.g. assets/base/small")
+    ap.add_argument("--work", type=Path, default=Path("build/pretrain"), help="scratch folder (data, cache)")
+    ap.add_argument("--clips", type=int, default=32, help="synthetic training clips")
+    ap.add_argument("--frames", type=int, default=33, help="frames per clip (1 + 4k)")
+    ap.add_argument("--height", type=int, default=64)
+    ap.add_argument("--width", type=int, default=96)
+    ap.add_argument("--steps", type=int, default=3000, help="train steps")
+    ap.add_argument("--seed", type=int, default=1000, help="data seed (make run uses 0)")
+    ap.add_argument("--holdout-kinds", default="turn", help="classes left out, as make run's held-out split does")
+    return ap
+
+
+def _run(step: str, argv: list[str], log: list[dict]) -> None:
+    import importlib
+
+    t0 = time.perf_counter()
+    rc = importlib.import_module(f"components.{step}.__main__").main([str(a) for a in argv])
+    log.append({"cmd": f"python -m components.{step} " + " ".join(map(str, argv)), "seconds": time.perf_counter() - t0})
+    if rc not in (0, None):
+        raise RuntimeError(f"pretrain: `{log[-1]['cmd']}` failed with exit code {rc}")
+
+
+def _half_bundle(src: Path, dst: Path) -> dict[str, float]:
+    """Copy bundle ``src`` to ``dst`` with every floating safetensors tensor in float16; returns MB per file."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from model import atomic
+
+    sizes = {}
+    with atomic.atomic_dir(dst) as tmp:
+        for f in src.rglob("*"):
+            rel = f.relative_to(src)
+            if f.is_dir():
+                continue
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            if f.suffix == ".safetensors":
+                sd = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(f)).items()}
+                save_file(sd, str(tmp / rel))
+            else:
+                shutil.copy2(f, tmp / rel)
+        for f in tmp.rglob("*.safetensors"):
+            sizes[str(f.relative_to(tmp))] = f.stat().st_size / 2**20
+    return sizes
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    if a.clips < 1 or a.steps < 1 or (a.frames - 1) % 4:
+        print(f"error: need --clips >= 1, --steps >= 1 and --frames = 1 + 4k; got {a.clips}, {a.steps}, {a.frames}",
+              file=sys.stderr)
+        return 2
+    w = a.work
+    log: list[dict] = []
+    _run("ingest", ["--synthetic", a.clips, "--seed", a.seed, "--height", a.height, "--width", a.width,
+                    "--frames", a.frames, "--split", "train", "--holdout-kinds", *a.holdout_kinds.split(),
+                    "--no-progress", "--out", w / "raw"], log)
+    _run("annotate", ["batch", "--raw", w / "raw", "--out", w / "shards"], log)
+    _run("vae", ["--shards", w / "shards", "--preset", a.preset, "--no-progress", "--out", w / "vae"], log)
+    _run("train", ["--shards", w / "shards", "--vae", w / "vae", "--preset", a.preset, "--steps", a.steps,
+                   "--seed", a.seed, "--out", w / "teacher"], log)
+    sizes = _half_bundle(w / "teacher", a.out)
+    import torch
+
+    from model import atomic
+    from components.common.paths import PACKAGE_VERSION
+
+    total = sum(sizes.values())
+    record = {"preset": a.preset, "seed": a.seed, "clips": a.clips, "frames": a.frames, "steps": a.steps,
+              "commands": log, "regenerate": f"make pretrain PRESET={a.preset}", "dtype": "float16",
+              "sizes_mb": sizes, "total_mb": total, "package_version": PACKAGE_VERSION, "torch": torch.__version__}
+    atomic.write_json(a.out / "pretrain.json", record)
+    print(f"pretrain: wrote {a.out} ({total:.1f} MB of weights)")
+    if total > SIZE_BUDGET_MB:
+        print(f"warning: {total:.1f} MB exceeds the {SIZE_BUDGET_MB:.0f} MB budget for a bundled checkpoint",
+              file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""`make pretrain` (components.train.pretrain): a base bundle from the project's own steps, fp16, recorded,
+and loadable strictly by `train --init` (the path make run takes with train.init)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+
+def test_pretrain_writes_a_half_precision_bundle_that_train_init_loads(tmp_path, monkeypatch):
+    from components.train.__main__ import main as train_main
+    from components.train.pretrain import main
+    from model.pipeline import WorldModelPipeline
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "base"
+    assert main(["--preset", "tiny", "--out", str(out), "--work", str(tmp_path / "w"), "--clips", "2",
+                 "--frames", "9", "--height", "64", "--width", "64", "--steps", "1"]) == 0
+    rec = json.loads((out / "pretrain.json").read_text())
+    assert rec["seed"] == 1000 and rec["steps"] == 1 and rec["dtype"] == "float16"
+    assert [c["cmd"].split()[2] for c in rec["commands"]] == ["components.ingest", "components.annotate",
+                                                               "components.vae", "components.train"]
+    from safetensors.torch import load_file
+
+    tensors = [t for f in out.rglob("*.safetensors") for t in load_file(str(f)).values() if t.is_floating_point()]
+    assert tensors and all(t.dtype == torch.float16 for t in tensors)
+    pipe = WorldModelPipeline.from_pretrained(out)  # strict load, cast back to float32
+    assert next(pipe.network.parameters()).dtype == torch.float32
+    assert train_main(["--shards", str(tmp_path / "w" / "shards"), "--preset", "tiny", "--steps", "1",
+                       "--batch-size", "1", "--init", str(out), "--out", str(tmp_path / "tuned")]) == 0
+
+
+def test_pretrain_rejects_bad_options(tmp_path, capsys):
+    from components.train.pretrain import main
+
+    assert main(["--out", str(tmp_path / "b"), "--frames", "10"]) == 2
+    assert "--frames = 1 + 4k" in capsys.readouterr().err
