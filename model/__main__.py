@@ -14,6 +14,7 @@ import sys
 
 import torch
 
+from model.cli import HelpFormatter
 from model.config import PRESETS, get_preset
 
 
@@ -78,7 +79,7 @@ def _import(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m model", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     pi = sub.add_parser("info", help="print parameters per component for a preset (built on the meta device)")
     pi.add_argument("--preset", default="sana_wm_2b6", choices=sorted(PRESETS))
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     pg.add_argument("--refine", action="store_true", help="run the bundle's stage-2 refiner before decoding")
     pg.add_argument("-o", "--output", required=True, help="output .mp4")
     pm = sub.add_parser("import", help="write our bundle from a released SANA-WM checkpoint on local disk",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        formatter_class=HelpFormatter)
     src = pm.add_mutually_exclusive_group(required=True)
     src.add_argument("--diffusers", help="diffusers SanaWMPipeline directory (transformer/, vae/, text_encoder/, "
                                          "tokenizer/, scheduler/)")

@@ -9,6 +9,7 @@ exception itself.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -38,3 +39,7 @@ def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = No
         print(f"error: {message} (run with --debug for the traceback)", file=sys.stderr)
         return EXIT_INPUT_ERROR
     return 0 if rc is None else int(rc)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help`` of every CLI: the description as written, and each option's default shown."""

@@ -246,6 +246,42 @@ def _document(fn: Callable, summary: str) -> Callable:
     return fn
 
 
+@dataclass(frozen=True)
+class _Defaults:
+    """Pipeline parameter defaults, read from params.yaml (the one source the CLIs and DVC read too)."""
+
+    preset: str
+    steps: int
+    init: str
+    ingest_clips: int
+    seed: int
+    height: int
+    width: int
+    frames: int
+    heldout_clips: int
+    heldout_frames: int
+    holdout_kinds: str
+    vae_steps: int
+    vae_lr: float
+    ode_steps: int
+    dmd_steps: int
+    teacher_steps: int
+    eval_clips: int
+    model_name: str
+
+
+def _defaults() -> _Defaults:
+    from components.common.defaults import default as d
+
+    return _Defaults(
+        preset=d("preset"), steps=d("train.steps"), init=d("train.init"), ingest_clips=d("ingest.num_clips"),
+        seed=d("ingest.seed"), height=d("ingest.height"), width=d("ingest.width"), frames=d("ingest.frames"),
+        heldout_clips=d("heldout.num_clips"), heldout_frames=d("heldout.frames"),
+        holdout_kinds=str(d("heldout.holdout_kinds")), vae_steps=d("vae.steps"), vae_lr=float(d("vae.lr")),
+        ode_steps=d("distill.ode_steps"), dmd_steps=d("distill.dmd_steps"), teacher_steps=d("distill.teacher_steps"),
+        eval_clips=d("evaluate.num_clips"), model_name=d("register.model_name"))
+
+
 def build_pipeline(name: str, cluster: ClusterSettings | None = None,
                    meta: PipelineMeta = PipelineMeta()) -> Callable:
     """Return the ``@dsl.pipeline`` function for ``name`` (one of ``PIPELINE_NAMES``).
@@ -261,13 +297,14 @@ def build_pipeline(name: str, cluster: ClusterSettings | None = None,
         display_name=f"SANA-WM {name} ({meta.stamp}, {form})",
         description=f"SANA-WM {name} pipeline; sana-wm-stack {meta.version}; git {meta.git_sha}; form {form}",
     )
-    d_preset, d_steps, d_ckpt = ("sana_wm_2b6", 0, 500) if cluster is not None else ("small", 200, 0)
+    P = _defaults()
+    d_preset, d_steps, d_ckpt = ("sana_wm_2b6", 0, 500) if cluster is not None else (P.preset, P.steps, 0)
     summary = f"SANA-WM {name} pipeline ({form} form)."
 
     if name == "data":
-        def data(num_clips: int = 8, seed: int = 0, source_dir: str = "", clip_height: int = 64,
-                 clip_width: int = 96, clip_frames: int = 33, annotate_groups: int = 2, heldout_clips: int = 2,
-                 heldout_frames: int = 69, holdout_kinds: str = "turn", tracking_uri: str = "",
+        def data(num_clips: int = P.ingest_clips, seed: int = P.seed, source_dir: str = "", clip_height: int = P.height,
+                 clip_width: int = P.width, clip_frames: int = P.frames, annotate_groups: int = 2, heldout_clips: int = P.heldout_clips,
+                 heldout_frames: int = P.heldout_frames, holdout_kinds: str = P.holdout_kinds, tracking_uri: str = "",
                  parent_run_id: str = "", experiment: str = "sana-wm"):
             tracking = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id, experiment=experiment)
             _data_tasks(num_clips, seed, source_dir, (clip_height, clip_width, clip_frames), annotate_groups,
@@ -277,9 +314,9 @@ def build_pipeline(name: str, cluster: ClusterSettings | None = None,
     if name == "train_to_serve":
         def train_to_serve(shards_uri: str, heldout_uri: str, preset: str = d_preset, steps: int = d_steps,
                            lr: float = 0.0, checkpoint_every: int = d_ckpt, stages_json: str = "",
-                           vae_steps: int = 0, vae_lr: float = 5e-4, vae_cache_dir: str = "",
-                           init_bundle: str = "", distill_ode_steps: int = 60, distill_dmd_steps: int = 4, distill_teacher_steps: int = 20,
-                           model_name: str = "sana-wm", eval_clips: int = 2, keep_serving: bool = False,
+                           vae_steps: int = P.vae_steps, vae_lr: float = P.vae_lr, vae_cache_dir: str = "",
+                           init_bundle: str = P.init, distill_ode_steps: int = P.ode_steps, distill_dmd_steps: int = P.dmd_steps, distill_teacher_steps: int = P.teacher_steps,
+                           model_name: str = P.model_name, eval_clips: int = P.eval_clips, keep_serving: bool = False,
                            tracking_uri: str = "", parent_run_id: str = "", experiment: str = "sana-wm"):
             tracking = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id, experiment=experiment)
             imp = dsl.importer(artifact_uri=shards_uri, artifact_class=dsl.Dataset, reimport=False)
@@ -293,13 +330,13 @@ def build_pipeline(name: str, cluster: ClusterSettings | None = None,
                                   eval_clips, keep_serving, tracking, cluster, init_bundle)
         return deco(_document(train_to_serve, summary))
 
-    def full(num_clips: int = 8, seed: int = 0, source_dir: str = "", clip_height: int = 64,
-             clip_width: int = 96, clip_frames: int = 33, annotate_groups: int = 2, heldout_clips: int = 2,
-             heldout_frames: int = 69, holdout_kinds: str = "turn", preset: str = d_preset,
+    def full(num_clips: int = P.ingest_clips, seed: int = P.seed, source_dir: str = "", clip_height: int = P.height,
+             clip_width: int = P.width, clip_frames: int = P.frames, annotate_groups: int = 2, heldout_clips: int = P.heldout_clips,
+             heldout_frames: int = P.heldout_frames, holdout_kinds: str = P.holdout_kinds, preset: str = d_preset,
              steps: int = d_steps, lr: float = 0.0, checkpoint_every: int = d_ckpt, stages_json: str = "",
-             vae_steps: int = 0, vae_lr: float = 5e-4, vae_cache_dir: str = "",
-             init_bundle: str = "", distill_ode_steps: int = 60, distill_dmd_steps: int = 4,
-             distill_teacher_steps: int = 20, model_name: str = "sana-wm", eval_clips: int = 2, keep_serving: bool = False,
+             vae_steps: int = P.vae_steps, vae_lr: float = P.vae_lr, vae_cache_dir: str = "",
+             init_bundle: str = P.init, distill_ode_steps: int = P.ode_steps, distill_dmd_steps: int = P.dmd_steps,
+             distill_teacher_steps: int = P.teacher_steps, model_name: str = P.model_name, eval_clips: int = P.eval_clips, keep_serving: bool = False,
              tracking_uri: str = "", parent_run_id: str = "", experiment: str = "sana-wm"):
         tracking = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id, experiment=experiment)
         ann, ann_h = _data_tasks(num_clips, seed, source_dir, (clip_height, clip_width, clip_frames),

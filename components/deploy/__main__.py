@@ -26,6 +26,7 @@ import numpy as np
 
 from components.common.tracking import add_tracking_args, logger_from_args
 from model.atomic import atomic_dir
+from model.cli import HelpFormatter
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
 
@@ -133,15 +134,15 @@ def deploy(model_uri: str, repo: Path, outputs: Path, logger, alias: str = "prod
 def main(argv: list[str] | None = None) -> int:
     """CLI entry (see the module docstring)."""
     ap = argparse.ArgumentParser(prog="python -m components.deploy", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--model-uri", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
     ap.add_argument("--repo", required=True, type=Path, help="Triton model repository to (re)build")
     ap.add_argument("--outputs", type=Path, default=Path("data/outputs"),
                     help="bundle/, video.mp4, contact_sheet.png, smoke.json")
     ap.add_argument("--alias", default="production", help="alias set after a successful smoke test")
-    ap.add_argument("--keep-serving", action="store_true")
+    ap.add_argument("--keep-serving", action="store_true", help="leave Triton running after the smoke request")
     ap.add_argument("--port", type=int, default=0, help="HTTP port on 127.0.0.1 (0 = a free one)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the smoke request")
     add_tracking_args(ap)
     args = ap.parse_args(argv)
     if not args.tracking_uri:

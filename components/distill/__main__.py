@@ -11,19 +11,25 @@ import json
 import sys
 from pathlib import Path
 
+from components.common.defaults import default  # params.yaml is the one source of defaults
+from model.cli import HelpFormatter
+
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m components.distill", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m components.distill", description=__doc__.split("\n")[0],
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--teacher", required=True, help="teacher model bundle")
     ap.add_argument("--shards", required=True, help="annotated shards (conditions: first frame, camera, caption)")
     ap.add_argument("--out", required=True, help="output student bundle")
-    ap.add_argument("--ode-steps", type=int, default=200)
-    ap.add_argument("--dmd-steps", type=int, default=10)
-    ap.add_argument("--teacher-steps", type=int, default=50, help="Euler steps of the teacher trajectories")
+    ap.add_argument("--ode-steps", type=int, default=default("distill.ode_steps"),
+                    help="ODE-pair regression steps of the 4-step student")
+    ap.add_argument("--dmd-steps", type=int, default=default("distill.dmd_steps"), help="self-forcing DMD steps")
+    ap.add_argument("--teacher-steps", type=int, default=default("distill.teacher_steps"),
+                    help="Euler steps of the teacher trajectories")
     ap.add_argument("--latent-frames", type=int, default=None,
                     help="latent frames per clip (default: the most every clip supplies, at most 7)")
-    ap.add_argument("--max-clips", type=int, default=16)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-clips", type=int, default=16, help="use at most this many clips")
+    ap.add_argument("--seed", type=int, default=0, help="seed for pairs, rollouts and noise")
     ap.add_argument("--cache-dir", default=None, help="latent cache (default <out>.cache)")
     from components.common.tracking import add_tracking_args, logger_from_args
 

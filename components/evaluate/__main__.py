@@ -33,9 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from components.common.defaults import default  # params.yaml is the one source of defaults
 from components.common.lineage import log_dataset
 from components.common.tracking import add_tracking_args, logger_from_args
 from model.atomic import atomic_dir
+from model.cli import HelpFormatter
 
 
 @dataclass(frozen=True)
@@ -264,15 +266,16 @@ def evaluate(model_dir: Path, heldout: Path, out: Path, num_clips: int, max_fram
 def main(argv: list[str] | None = None) -> int:
     """CLI entry (see the module docstring)."""
     ap = argparse.ArgumentParser(prog="python -m components.evaluate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--model", required=True, type=Path, help="model bundle folder")
     ap.add_argument("--heldout", "--shards", dest="heldout", required=True, type=Path,
                     help="held-out shards folder (the data DAG's heldout output; --shards is an old alias)")
     ap.add_argument("--out", required=True, type=Path, help="output folder")
-    ap.add_argument("--num-clips", type=int, default=2)
+    ap.add_argument("--num-clips", type=int, default=default("evaluate.num_clips"), help="held-out clips to score")
     ap.add_argument("--max-frames", type=int, default=None, help="raw frames per clip (default 1 + 2*stride)")
-    ap.add_argument("--mode", choices=("streaming", "bidirectional", "few_step"), default=None)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mode", choices=("streaming", "bidirectional", "few_step"), default=None,
+                    help="sampler (default: few_step for students and quantized bundles, else streaming)")
+    ap.add_argument("--seed", type=int, default=0, help="generation seed")
     ap.add_argument("--teacher", type=Path, default=None, help="also score this teacher bundle (teacher.* keys)")
     ap.add_argument("--student", type=Path, default=None, help="also score this student bundle (student.* keys)")
     ap.add_argument("--drift-factor", type=float, default=4.0,
@@ -286,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("model", "teacher", "student"):
         d = getattr(args, name)
         if d is not None and not (d / "config.json").is_file():
-            ap.error(f"--{name} {str(d)!r} is not a model bundle (no config.json)")
+            raise FileNotFoundError(f"--{name} {str(d)!r} is not a model bundle (no config.json)")
     with logger_from_args(args, "evaluate") as logger:
         metrics = evaluate(args.model, args.heldout, args.out, args.num_clips, args.max_frames, args.mode,
                            args.seed, logger, variants={"teacher": args.teacher, "student": args.student},
@@ -296,4 +299,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from model.cli import run
+
+    sys.exit(run(main))

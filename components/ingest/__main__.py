@@ -14,6 +14,7 @@ from collections import Counter
 from components.ingest.filters import FilterConfig
 from components.ingest.sources import IngestConfig, ingest_videos
 from components.ingest.synthetic import KINDS, SPLITS, generate_dataset
+from model.cli import HelpFormatter
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m components.ingest --synthetic 8 --seed 0 --out data/raw\n"
                "  python -m components.ingest --source videos/ --out data/raw --fps 16 --clip-frames 961 "
                "--overlap 640 --filter",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--synthetic", type=int, metavar="N", help="render N synthetic clips with known poses")

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from model.cli import HelpFormatter
+
 
 def noisy_batches(ds: Any, cfg: Any, idx: list[int], seed: int, batch_size: int = 4) -> list[tuple]:
     """(x_sigma, sigma (B,F), text, mask, camera, chunk_lens) batches over clips ``idx``; frame 0 clean."""
@@ -33,20 +35,22 @@ def noisy_batches(ds: Any, cfg: Any, idx: list[int], seed: int, batch_size: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m components.quantize", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m components.quantize", description=__doc__.split("\n")[0],
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--model", required=True, help="model bundle to quantize (teacher or student)")
     ap.add_argument("--shards", required=True, help="annotated shards (calibration and error clips)")
     ap.add_argument("--out", required=True, help="output quantized bundle")
-    ap.add_argument("--mode", default="qkv", choices=["qkv", "attention", "all"])
+    ap.add_argument("--mode", default="qkv", choices=["qkv", "attention", "all"],
+                    help="what NVFP4 quantizes: self-attention q/k/v (the paper's default), all attention, all linears")
     ap.add_argument("--hadamard", action="store_true", help="random Hadamard rotation on the qkv inputs")
     ap.add_argument("--compare-modes", action="store_true", help="also report the errors of the other modes")
     ap.add_argument("--export-engine", action="store_true", help="ONNX -> TensorRT engine (CUDA + tensorrt only)")
     ap.add_argument("--latent-frames", type=int, default=None,
                     help="latent frames per clip (default: the most every clip supplies, at most 7)")
-    ap.add_argument("--max-clips", type=int, default=8)
+    ap.add_argument("--max-clips", type=int, default=8, help="calibration + evaluation clips at most")
     ap.add_argument("--eval-steps", type=int, default=None, help="sampler steps for the generated-latent error")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--seed", type=int, default=0, help="seed for calibration noise and the Hadamard signs")
+    ap.add_argument("--cache-dir", default=None, help="latent cache folder (default <out>.cache)")
     from components.common.tracking import add_tracking_args, logger_from_args
 
     add_tracking_args(ap)

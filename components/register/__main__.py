@@ -24,6 +24,7 @@ from components.common.lineage import dvc_md5
 from components.common.paths import PACKAGE_VERSION
 from components.common.tracking import add_tracking_args, logger_from_args
 from model.atomic import write_json
+from model.cli import HelpFormatter
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 
@@ -140,13 +141,13 @@ def register(model_dir: Path, metrics: dict[str, float], name: str, logger, exam
 def main(argv: list[str] | None = None) -> int:
     """CLI entry (see the module docstring)."""
     ap = argparse.ArgumentParser(prog="python -m components.register", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--model", required=True, type=Path, help="model bundle folder")
     ap.add_argument("--metrics", required=True, type=Path, help="evaluate's metrics.json")
     ap.add_argument("--name", required=True, help="registered model name")
     ap.add_argument("--example", type=Path, default=None,
                     help="example request folder (default: smoke_input/ beside --metrics if present)")
-    ap.add_argument("--alias", default="candidate")
+    ap.add_argument("--alias", default="candidate", help="registry alias set on the new version")
     ap.add_argument("--out", type=Path, default=None, help="write the registration JSON here")
     add_tracking_args(ap)
     args = ap.parse_args(argv)

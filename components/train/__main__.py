@@ -18,19 +18,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from components.common.defaults import default  # params.yaml is the one source of defaults
 from components.train.config import TrainConfig, default_train_config
+from model.cli import HelpFormatter
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m components.train", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m components.train", description=__doc__.split("\n")[0],
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--shards", required=True, help="annotated shards folder (webdataset tars)")
     ap.add_argument("--out", required=True, help="output model bundle folder")
     ap.add_argument("--preset", default="small", help="model preset: tiny, small, sana_wm_2b6")
-    ap.add_argument("--steps", type=int, default=100, help="optimizer steps (single-stage presets)")
+    ap.add_argument("--steps", type=int, default=default("train.steps"),
+                    help="optimizer steps (single-stage presets; default from params.yaml)")
     ap.add_argument("--batch-size", type=int, default=None, help="clips per rank per step")
     ap.add_argument("--latent-frames", type=int, default=None, help="latent frames per clip (default: the most every clip supplies, at most 9)")
-    ap.add_argument("--lr", type=float, default=None)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
+    ap.add_argument("--seed", type=int, default=0, help="seed for init, data order and noise")
     ap.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0 = end only)")
     ap.add_argument("--ckpt-dir", default=None, help="checkpoint folder (default <out>.ckpt)")
     ap.add_argument("--cache-dir", default=None, help="latent cache folder (default <out>.cache)")
@@ -39,9 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "import` of released weights or assets/base/<preset>) instead of random weights; '' = none")
     ap.add_argument("--max-clips", type=int, default=None, help="use at most this many clips")
     ap.add_argument("--ema", type=float, default=None, help="EMA decay (e.g. 0.999); off by default")
-    ap.add_argument("--no-activation-checkpointing", action="store_true")
+    ap.add_argument("--no-activation-checkpointing", action="store_true",
+                    help="keep block activations instead of recomputing them in backward")
     ap.add_argument("--deepspeed", action="store_true", help="DeepSpeed ZeRO engine under torchrun")
-    ap.add_argument("--zero-stage", type=int, default=2, choices=[0, 1, 2, 3])
+    ap.add_argument("--zero-stage", type=int, default=2, choices=[0, 1, 2, 3],
+                    help="DeepSpeed ZeRO stage (with --deepspeed)")
     ap.add_argument("--nproc", type=int, default=2, help="local processes torchrun starts for --deepspeed")
     ap.add_argument("--vae", default=None,
                     help="fitted VAE folder from `python -m components.vae` (default: the preset's VAE as built)")

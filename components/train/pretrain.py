@@ -11,7 +11,6 @@ takes with released weights imported by ``python -m model import``: ``train --in
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -47,7 +46,6 @@ def _run(step: str, argv: list[str], log: list[dict]) -> None:
 
 def _half_bundle(src: Path, dst: Path) -> dict[str, float]:
     """Copy bundle ``src`` to ``dst`` with every floating safetensors tensor in float16; returns MB per file."""
-    import torch
     from safetensors.torch import load_file, save_file
 
     from model import atomic
@@ -87,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = _half_bundle(w / "teacher", a.out)
     import torch
 
-    from model import atomic
     from components.common.paths import PACKAGE_VERSION
+    from model import atomic
 
     total = sum(sizes.values())
     record = {"preset": a.preset, "seed": a.seed, "clips": a.clips, "frames": a.frames, "steps": a.steps,
@@ -103,4 +101,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from model.cli import run
+
+    sys.exit(run(main))

@@ -21,19 +21,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from components.common.defaults import default  # params.yaml is the one source of defaults
 from components.common.tracking import add_tracking_args, logger_from_args
+from model.cli import HelpFormatter
 
 FIT_DEFAULTS = {"lr": 5e-4, "batch": 4, "crop": 32, "frames": 5, "eval_every": 50}
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m components.vae", description=__doc__.split("\n\n")[1],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--shards", required=True, type=Path, help="training shards folder (webdataset tars)")
     ap.add_argument("--out", required=True, type=Path, help="output VAE folder")
     ap.add_argument("--preset", default="small", help="model preset whose VAE is fitted: tiny, small, sana_wm_2b6")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the preset's budget)")
-    ap.add_argument("--lr", type=float, default=FIT_DEFAULTS["lr"], help="peak AdamW learning rate")
+    ap.add_argument("--lr", type=float, default=default("vae.lr"), help="peak AdamW learning rate")
     ap.add_argument("--batch", type=int, default=FIT_DEFAULTS["batch"], help="windows (+ as many single frames) per step")
     ap.add_argument("--crop", type=int, default=FIT_DEFAULTS["crop"], help="training crop size in pixels (0 = whole frames)")
     ap.add_argument("--frames", type=int, default=FIT_DEFAULTS["frames"], help="training window length, 1 + stride*k")
@@ -74,10 +76,10 @@ def run(a: argparse.Namespace, logger: Any) -> dict:
     """Fit (or reuse, or copy through) and write ``a.out``; returns the ``fit.json`` report."""
     import torch
 
-    from model import atomic
     from components.train.data import iter_samples
     from components.vae.fit import clips_from_samples, default_vae_steps, fit_vae
     from components.vae.report import before_after_sheet, plot_curve
+    from model import atomic
     from model.config import get_preset
     from model.encoders.vae import build_vae
 
@@ -142,9 +144,9 @@ def _from_bundle(a: argparse.Namespace, cfg: Any, clips: list[Any], logger: Any)
     network was trained on exactly these latents), measuring its PSNR on the training clips."""
     import torch
 
-    from model import atomic
     from components.vae.fit import _preview, _preview_target, _to_unit, _windows, reconstruction_psnr
     from components.vae.report import before_after_sheet
+    from model import atomic
     from model.config import WorldModelConfig
     from model.encoders.vae import load_vae
 

@@ -31,4 +31,5 @@ def test_package_import_needs_no_heavy_dependency(module):
 def test_public_names_still_importable_from_old_places():
     from components.annotate import PoseEstimatorConfig, PoseResult, estimate_poses  # noqa: F401
     from components.annotate.poses import default_intrinsics  # noqa: F401
-    from components.ingest import IngestConfig, read_video  # noqa: F401
+    from components.ingest import IngestConfig  # noqa: F401
+    from model.video_io import read_video  # noqa: F401  (video I/O moved to the one module)

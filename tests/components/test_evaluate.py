@@ -18,8 +18,10 @@ def test_bad_num_clips_is_a_clear_error(capsys):
 def test_missing_shards_is_a_clear_error(tmp_path):
     from components.evaluate.__main__ import load_held_out
 
-    with pytest.raises(FileNotFoundError, match="no webdataset shards"):
+    with pytest.raises(ValueError, match="no shard-"):
         load_held_out(tmp_path, 1)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_held_out(tmp_path / "missing", 1)
 
 
 @pytest.mark.slow
