@@ -36,7 +36,7 @@ import numpy as np
 from components.common.defaults import default  # params.yaml is the one source of defaults
 from components.common.lineage import log_dataset
 from components.common.tracking import add_tracking_args, logger_from_args
-from model.atomic import atomic_dir
+from model.atomic import atomic_dir, write_json
 from model.cli import HelpFormatter
 
 
@@ -241,6 +241,10 @@ def evaluate(model_dir: Path, heldout: Path, out: Path, num_clips: int, max_fram
                        title=f"{clips[0].key}: {drift['num_frames']}-frame {mode_for(pipe)} rollout "
                              f"({drift_factor:g}x the {n_train}-frame training clips)")
             write_video(drift.pop("video"), tmp / "samples" / f"{clips[0].key}_drift.mp4", clips[0].fps)
+            # the same curves as data for `dvc plots` (one row per generated frame)
+            write_json(tmp / "plots" / "drift.json",
+                       [{"frame": i, "psnr_db": float(p), "rot_err_deg": float(r)}
+                        for i, (p, r) in enumerate(zip(drift["psnr"], drift["rot_err_deg"]))])
             metrics["drift.num_frames"] = float(drift["num_frames"])
             metrics["drift.rot_err_deg_last"] = float(drift["rot_err_deg"][-1])
             metrics["drift.psnr_last_gt_db"] = float(drift["psnr"][-1])

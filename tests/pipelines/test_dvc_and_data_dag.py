@@ -71,3 +71,20 @@ def test_data_dag_through_kfp_local(tmp_path, monkeypatch):
         for d in r.inputs.dataset_inputs:
             assert d.dataset.digest.endswith(".dir")
     assert dvc_md5(shards).endswith(".dir")
+
+
+def test_every_stage_depends_on_its_code_and_plots_are_declared():
+    """Editing a step's code (or the network) leaves `dvc status` dirty for the stages it feeds."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = yaml.safe_load((root / "dvc.yaml").read_text())
+    for name, stage in spec["stages"].items():
+        step = re.search(r"python -m components\.(\w+)", stage["cmd"]).group(1)
+        assert f"components/{step}" in stage["deps"], f"stage {name} does not depend on components/{step}"
+        if step in ("vae", "train", "distill", "quantize", "evaluate"):
+            assert "model" in stage["deps"], f"stage {name} runs the network but does not depend on model/"
+    plots = [next(iter(p)) if isinstance(p, dict) else p for p in spec["plots"]]
+    assert "data/eval/plots/drift.json" in plots
+    assert "__pycache__/" in (root / ".dvcignore").read_text()  # bytecode must not dirty the code deps
