@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.common import atomic, dvc_utils, tracking
+from components.common import dvc_utils, tracking
 from components.common.launch import ENV_TIMINGS_DIR
 from components.common.lineage import log_dataset
 from components.common.paths import PACKAGE_VERSION, DataLayout
+from model import atomic
 
 STEPS = ("ingest", "annotate", "vae", "train", "distill", "quantize", "evaluate", "register", "deploy")
 

@@ -164,7 +164,7 @@ def test_cli_rejects_bad_options(tmp_path, capsys):
     assert "is not a folder" in capsys.readouterr().err
     assert run(main, ["--shards", str(tmp_path), "--out", str(tmp_path / "v"), "--steps", "-1"]) == EXIT_INPUT_ERROR
     assert "--steps must be >= 0" in capsys.readouterr().err
-    assert main(["--shards", str(tmp_path), "--out", str(tmp_path / "v"), "--init-bundle", str(tmp_path)]) == 2
+    assert run(main, ["--shards", str(tmp_path), "--out", str(tmp_path / "v"), "--init-bundle", str(tmp_path)]) == 3
     assert "is not a model bundle" in capsys.readouterr().err
 
 

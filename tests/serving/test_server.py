@@ -106,7 +106,9 @@ def test_client_cli_writes_decodable_mp4_and_contact_sheet(server, first_frame, 
 def test_client_cli_reports_server_error(server, first_frame, trajectory, tmp_path, capsys):
     Image.fromarray(first_frame).save(tmp_path / "first.png")
     save_trajectory(trajectory, tmp_path / "traj.npz")
-    rc = client_main(["--image", str(tmp_path / "first.png"), "--trajectory", str(tmp_path / "traj.npz"),
-                      "-o", str(tmp_path / "x.mp4"), "--url", server.http_url, "--frames", "6"])
-    assert rc == 1 and "NUM_FRAMES=6 but C2W has" in capsys.readouterr().err
+    from model.cli import EXIT_INPUT_ERROR, run
+
+    rc = run(client_main, ["--image", str(tmp_path / "first.png"), "--trajectory", str(tmp_path / "traj.npz"),
+                           "-o", str(tmp_path / "x.mp4"), "--url", server.http_url, "--frames", "6"])
+    assert rc == EXIT_INPUT_ERROR and "NUM_FRAMES=6 but C2W has" in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()

@@ -161,6 +161,8 @@ def test_session_cli_writes_the_mp4(server, first_frame, tmp_path, capsys):
     with av.open(str(out)) as container:
         frames = list(container.decode(container.streams.video[0]))
     assert len(frames) == 1 + 3 * int(TINY.fps) + 0  # 3 s at 8 fps = 24 new poses = two chunks of 12
-    rc = client_main(["session", "--image", str(tmp_path / "first.png"), "--actions", "jump 1s",
-                      "-o", str(tmp_path / "x.mp4"), "--url", server.grpc_url])
-    assert rc == 1 and "unknown action 'jump'" in capsys.readouterr().err
+    from model.cli import EXIT_INPUT_ERROR, run
+
+    rc = run(client_main, ["session", "--image", str(tmp_path / "first.png"), "--actions", "jump 1s",
+                           "-o", str(tmp_path / "x.mp4"), "--url", server.grpc_url])
+    assert rc == EXIT_INPUT_ERROR and "unknown action 'jump'" in capsys.readouterr().err
