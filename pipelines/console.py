@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,37 +30,50 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class _TaskLogs:
-    """Routes kfp's records and subprocess lines to per-task files; prints the table."""
+    """Routes kfp's records and subprocess lines to per-task files; prints the table.
+
+    Per thread: kfp.local runs a ParallelFor's tasks concurrently (one thread each), and a task's log
+    records and subprocess lines arrive on the thread that runs it."""
 
     def __init__(self, log_dir: Path, out: TextIO) -> None:
         self.dir, self.out = log_dir, out
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.current: str | None = None
-        self.file: TextIO | None = None
-        self.started = 0.0
+        self.local = threading.local()
+        self.lock = threading.Lock()
         self.seen: dict[str, int] = {}
         self.rows: list[tuple[str, str, float, str]] = []
+        self.files: list[TextIO] = []
         self.out.write(f"{'task':<22} {'status':<8} {'wall s':>8}  log\n{'-' * 78}\n")
         self.out.flush()
 
+    @property
+    def current(self) -> str | None:
+        return getattr(self.local, "name", None)
+
     def _open(self, task: str) -> None:
-        self.close_file()
-        n = self.seen.get(task, 0) + 1
-        self.seen[task] = n
-        name = task if n == 1 else f"{task}-{n}"
-        self.current, self.started = name, time.perf_counter()
-        self.file = open(self.dir / f"{name}.log", "w", encoding="utf-8")
+        with self.lock:
+            n = self.seen.get(task, 0) + 1
+            self.seen[task] = n
+            name = task if n == 1 else f"{task}-{n}"
+            f = open(self.dir / f"{name}.log", "w", encoding="utf-8")
+            self.files.append(f)
+        old = getattr(self.local, "file", None)
+        if old is not None:
+            old.close()
+        self.local.name, self.local.file, self.local.started = name, f, time.perf_counter()
 
     def close_file(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+        with self.lock:
+            for f in self.files:
+                if not f.closed:
+                    f.close()
 
     def write(self, text: str) -> None:
         text = _ANSI.sub("", text)
-        if self.file is not None:
-            self.file.write(text if text.endswith("\n") else text + "\n")
-            self.file.flush()
+        f = getattr(self.local, "file", None)
+        if f is not None and not f.closed:
+            f.write(text if text.endswith("\n") else text + "\n")
+            f.flush()
 
     def record(self, msg: str) -> None:
         """A kfp log record: detect task start/end, keep the text in the task's log."""
@@ -71,19 +85,21 @@ class _TaskLogs:
         m = _END.search(msg)
         if m and self.current is not None:
             status = m.group(2).rstrip(".")
-            secs = time.perf_counter() - self.started
+            secs = time.perf_counter() - self.local.started
             log = str(self.dir / f"{self.current}.log")
-            self.rows.append((self.current, status, secs, log))
-            self.out.write(f"{self.current:<22} {status:<8} {secs:8.1f}  {log}\n")
-            self.out.flush()
+            with self.lock:
+                self.rows.append((self.current, status, secs, log))
+                self.out.write(f"{self.current:<22} {status:<8} {secs:8.1f}  {log}\n")
+                self.out.flush()
 
     def line(self, line: str) -> None:
         """One line of a task's subprocess output."""
         self.write(line)
         clean = _ANSI.sub("", line).strip()
         if clean.startswith(PROGRESS_PREFIX):
-            self.out.write(f"  {self.current or '?'}: {clean[len(PROGRESS_PREFIX):].strip()}\n")
-            self.out.flush()
+            with self.lock:
+                self.out.write(f"  {self.current or '?'}: {clean[len(PROGRESS_PREFIX):].strip()}\n")
+                self.out.flush()
 
 
 class _Filter(logging.Filter):

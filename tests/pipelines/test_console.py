@@ -38,3 +38,36 @@ def test_task_output_goes_to_its_log_and_the_table_gets_one_row(tmp_path):
     log = (tmp_path / "logs" / "train.log").read_text()
     assert "executorInput" in log and "[progress]" in log and "\x1b[" not in log
     assert (tmp_path / "logs" / "train-2.log").is_file()
+
+
+def test_concurrent_tasks_keep_their_own_logs(tmp_path):
+    """kfp.local runs a ParallelFor's tasks in threads at once: each keeps its own name and file."""
+    import threading
+
+    out = io.StringIO()
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)
+    barrier = threading.Barrier(2)
+
+    def task(i: int) -> None:
+        logging.info(f"Executing task 'group-{i}'")
+        barrier.wait()  # both tasks are running now
+        logging.info(f"output of {i}")
+        barrier.wait()
+        logging.info(f"Task 'group-{i}' finished with status SUCCESS")
+
+    try:
+        with quiet_kfp(tmp_path / "logs", out=out):
+            threads = [threading.Thread(target=task, args=(i,)) for i in (1, 2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        root.setLevel(level)
+    rows = sorted(line.split()[0] for line in out.getvalue().splitlines() if line.startswith("group"))
+    assert rows == ["group-1", "group-2"]
+    for i in (1, 2):
+        log = (tmp_path / "logs" / f"group-{i}.log").read_text()
+        assert f"output of {i}" in log and f"output of {3 - i}" not in log
