@@ -77,12 +77,20 @@ class Logger:
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (configs are nested dataclass dicts)."""
+    """``{"a": {"b": 1}, "s": [{"n": 2}]}`` -> ``{"a.b": 1, "s.0.n": 2}`` (configs are nested dataclass
+    dicts; lists of dicts, e.g. training stages, get their index; other lists become JSON strings)."""
+    import json
+
     out: dict[str, Any] = {}
     for k, v in params.items():
         key = f"{prefix}{k}"
         if isinstance(v, Mapping):
             out.update(flatten(v, key + "."))
+        elif isinstance(v, (list, tuple)) and v and isinstance(v[0], Mapping):
+            for i, x in enumerate(v):
+                out.update(flatten(x, f"{key}.{i}."))
+        elif isinstance(v, (list, tuple)):
+            out[key] = json.dumps(list(v))
         else:
             out[key] = v
     return out

@@ -17,53 +17,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from components.annotate.metrics import camera_following_errors
 from components.annotate.poses import PoseEstimatorConfig, estimate_poses
+from components.evaluate.report import frame_psnr  # the one PSNR (scikit-image)
 
 __all__ = ["camera_following_report", "frame_psnr", "frame_ssim", "plot_camera_report"]
 
 _PSNR_CAP_DB = 100.0
 
 
-def frame_psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB between uint8 frames (H,W,3); identical frames give the cap (100 dB)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    if mse <= 0:
-        return _PSNR_CAP_DB
-    return float(min(_PSNR_CAP_DB, 10.0 * np.log10(255.0**2 / mse)))
-
-
-def _ssim_opencv(a: np.ndarray, b: np.ndarray) -> float:
-    """SSIM of uint8 (H,W,3) frames with a Gaussian window (skimage's gaussian_weights=True settings)."""
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    vals = []
-    for ch in range(a.shape[2]):
-        x, y = a[..., ch].astype(np.float64), b[..., ch].astype(np.float64)
-        blur = lambda z: cv2.GaussianBlur(z, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
-        mx, my = blur(x), blur(y)
-        # Sample (N-1) covariance normalisation like skimage's use_sample_covariance=True.
-        n = 11 * 11
-        cov_norm = n / (n - 1)
-        vx = cov_norm * (blur(x * x) - mx * mx)
-        vy = cov_norm * (blur(y * y) - my * my)
-        vxy = cov_norm * (blur(x * y) - mx * my)
-        s = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
-        pad = 5  # skimage crops the border where the window is incomplete
-        vals.append(s[pad:-pad, pad:-pad].mean())
-    return float(np.mean(vals))
-
-
 def frame_ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """SSIM between uint8 frames (H,W,3): scikit-image if installed, else the OpenCV implementation."""
-    try:
-        from skimage.metrics import structural_similarity
-    except ImportError:
-        return _ssim_opencv(a, b)
+    """SSIM between uint8 frames (H,W,3), scikit-image's Gaussian-window form (Wang et al. 2004 settings)."""
+    from skimage.metrics import structural_similarity
+
     return float(structural_similarity(a, b, channel_axis=2, gaussian_weights=True, sigma=1.5,
-                                       use_sample_covariance=True, data_range=255))
+                                       use_sample_covariance=False, data_range=255))
 
 
 def camera_following_report(

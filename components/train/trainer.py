@@ -16,7 +16,6 @@ the data sampler position, so the loss trajectory continues exactly where it sto
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import shutil
@@ -32,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from components.common.tracking import Logger, flatten
 from components.train.config import StageConfig, TrainConfig
 from components.train.data import Batch, ClipLatentDataset, EpochSampler
 from components.train.losses import flow_matching_loss, noisy_input, sample_chunk_sigmas
@@ -43,16 +43,6 @@ class MetricsLogger(Protocol):
     def log_params(self, params: dict[str, Any]) -> None: ...
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
-
-
-class NullLogger:
-    """Logs nothing; the default for library calls (rank != 0 always gets this)."""
-
-    def log_params(self, params: dict[str, Any]) -> None:
-        pass
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        pass
 
 
 def find_blocks(net: nn.Module) -> nn.ModuleList:
@@ -159,7 +149,7 @@ class Trainer:
         self.rank, self.world = rank, world_size
         self.device = torch.device(device)
         self.ckpt_dir = Path(ckpt_dir)
-        self.logger = logger if (logger is not None and rank == 0) else NullLogger()
+        self.logger = logger if (logger is not None and rank == 0) else Logger()
         # Progress (rank 0): a tqdm bar on a terminal; otherwise (KFP task, log file) a "[progress]" line
         # every progress_every steps, which the local runner's console forwards (pipelines.console).
         import sys
@@ -258,7 +248,7 @@ class Trainer:
         Resumes from the latest checkpoint in ``ckpt_dir`` first. Returns this call's step results.
         """
         self.load_latest()
-        self.logger.log_params({"train." + k: v for k, v in _flatten(self.cfg.to_dict()).items()})
+        self.logger.log_params({"train." + k: v for k, v in flatten(self.cfg.to_dict()).items()})
         results: list[StepResult] = []
         self.net.train()
         from tqdm.auto import tqdm
@@ -383,15 +373,3 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        elif isinstance(v, (list, tuple)) and v and isinstance(v[0], dict):
-            for i, x in enumerate(v):
-                out.update(_flatten(x, f"{key}.{i}."))
-        else:
-            out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else v
-    return out
