@@ -58,6 +58,9 @@ class Logger:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set string tags on the run."""
 
+    def start_system_metrics(self, interval_s: float = 10.0) -> None:
+        """Sample CPU/memory/GPU usage into the run every ``interval_s`` until ``close`` (long steps)."""
+
     def log_input(self, name: str, digest: str, source: str, context: str = "training") -> None:
         """Record a dataset this run consumed: ``digest`` is the DVC md5 of the data folder."""
 
@@ -108,6 +111,16 @@ class MLflowLogger(Logger):
         self.tracking_uri = client.tracking_uri
         self._owns_run = owns_run
         self._closed = False
+        self._monitor = None
+
+    def start_system_metrics(self, interval_s: float = 10.0) -> None:
+        # MLflow's own monitor (system/* metrics: CPU, memory, disk, network, GPU when present).
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        if self._monitor is None:
+            self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s,
+                                                 tracking_uri=self.tracking_uri)
+            self._monitor.start()
 
     @classmethod
     def create(
@@ -189,6 +202,9 @@ class MLflowLogger(Logger):
         child.close("FINISHED")
 
     def close(self, status: str = "FINISHED") -> None:
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
         if self._owns_run and not self._closed:
             self.client.set_terminated(self.run_id, status=status)
         self._closed = True
@@ -286,12 +302,20 @@ def add_tracking_args(parser: Any) -> None:
     parser.add_argument("--parent-run-id", default=None, help=f"parent MLflow run (default ${ENV_PARENT_RUN})")
 
 
+# Steps that run for minutes to days: their runs also carry system metrics (CPU, memory, GPU).
+LONG_STEPS = ("vae", "train", "distill", "quantize", "evaluate")
+
+
 def logger_from_args(args: Any, run_name: str) -> Logger:
-    """``get_logger`` from the flags added by ``add_tracking_args`` (a given URI turns MLflow on)."""
-    return get_logger(
+    """``get_logger`` from the flags added by ``add_tracking_args`` (a given URI turns MLflow on); long
+    steps (``LONG_STEPS``) sample system metrics into their run."""
+    logger = get_logger(
         run_name,
         experiment=getattr(args, "experiment", None),
         parent_run_id=getattr(args, "parent_run_id", None),
         enabled=True if getattr(args, "tracking_uri", None) else None,
         tracking_uri=getattr(args, "tracking_uri", None),
     )
+    if run_name in LONG_STEPS:
+        logger.start_system_metrics()
+    return logger

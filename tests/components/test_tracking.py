@@ -83,3 +83,16 @@ def test_dvc_md5_matches_dvc_add_format(tmp_path):
     assert dvc_md5(tmp_path / "f") == "764efa883dda1e11db47671c4a3bbd9e"
     with pytest.raises(FileNotFoundError, match="does not exist"):
         dvc_md5(tmp_path / "missing")
+
+
+def test_long_steps_log_system_metrics(monkeypatch, store):
+    import time
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    with tracking.get_logger("train", experiment="t") as log:
+        log.start_system_metrics(interval_s=0.5)
+        time.sleep(2.5)
+    keys = set(mlflow.MlflowClient(store).get_run(log.run_id).data.metrics)
+    assert any(k.startswith("system/cpu") for k in keys), keys
+    assert any(k.startswith("system/system_memory") for k in keys), keys
+    assert "train" in tracking.LONG_STEPS and "register" not in tracking.LONG_STEPS
