@@ -25,6 +25,9 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
     shutil.copy(ROOT / ".gitignore", root / ".gitignore")
+    shutil.copy(ROOT / ".dvcignore", root / ".dvcignore")
+    for pkg in ("model", "components", "serving", "pipelines"):  # DVC stages depend on their code
+        shutil.copytree(ROOT / pkg, root / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     (root / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
     subprocess.run(["git", "init", "-q", str(root)], check=True)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
