@@ -252,6 +252,7 @@ class _Defaults:
 
     preset: str
     steps: int
+    lr: float
     init: str
     ingest_clips: int
     seed: int
@@ -274,7 +275,7 @@ def _defaults() -> _Defaults:
     from components.common.defaults import default as d
 
     return _Defaults(
-        preset=d("preset"), steps=d("train.steps"), init=d("train.init"), ingest_clips=d("ingest.num_clips"),
+        preset=d("preset"), steps=d("train.steps"), lr=float(d("train.lr")), init=d("train.init"), ingest_clips=d("ingest.num_clips"),
         seed=d("ingest.seed"), height=d("ingest.height"), width=d("ingest.width"), frames=d("ingest.frames"),
         heldout_clips=d("heldout.num_clips"), heldout_frames=d("heldout.frames"),
         holdout_kinds=str(d("heldout.holdout_kinds")), vae_steps=d("vae.steps"), vae_lr=float(d("vae.lr")),
@@ -298,7 +299,8 @@ def build_pipeline(name: str, cluster: ClusterSettings | None = None,
         description=f"SANA-WM {name} pipeline; sana-wm-stack {meta.version}; git {meta.git_sha}; form {form}",
     )
     P = _defaults()
-    d_preset, d_steps, d_ckpt = ("sana_wm_2b6", 0, 500) if cluster is not None else (P.preset, P.steps, 0)
+    d_preset, d_steps, d_lr, d_ckpt = (("sana_wm_2b6", 0, 0.0, 500) if cluster is not None
+                                       else (P.preset, P.steps, P.lr, 0))
     summary = f"SANA-WM {name} pipeline ({form} form)."
 
     if name == "data":
@@ -313,7 +315,7 @@ def build_pipeline(name: str, cluster: ClusterSettings | None = None,
 
     if name == "train_to_serve":
         def train_to_serve(shards_uri: str, heldout_uri: str, preset: str = d_preset, steps: int = d_steps,
-                           lr: float = 0.0, checkpoint_every: int = d_ckpt, stages_json: str = "",
+                           lr: float = d_lr, checkpoint_every: int = d_ckpt, stages_json: str = "",
                            vae_steps: int = P.vae_steps, vae_lr: float = P.vae_lr, vae_cache_dir: str = "",
                            init_bundle: str = P.init, distill_ode_steps: int = P.ode_steps, distill_dmd_steps: int = P.dmd_steps, distill_teacher_steps: int = P.teacher_steps,
                            model_name: str = P.model_name, eval_clips: int = P.eval_clips, keep_serving: bool = False,
@@ -333,7 +335,7 @@ def build_pipeline(name: str, cluster: ClusterSettings | None = None,
     def full(num_clips: int = P.ingest_clips, seed: int = P.seed, source_dir: str = "", clip_height: int = P.height,
              clip_width: int = P.width, clip_frames: int = P.frames, annotate_groups: int = 2, heldout_clips: int = P.heldout_clips,
              heldout_frames: int = P.heldout_frames, holdout_kinds: str = P.holdout_kinds, preset: str = d_preset,
-             steps: int = d_steps, lr: float = 0.0, checkpoint_every: int = d_ckpt, stages_json: str = "",
+             steps: int = d_steps, lr: float = d_lr, checkpoint_every: int = d_ckpt, stages_json: str = "",
              vae_steps: int = P.vae_steps, vae_lr: float = P.vae_lr, vae_cache_dir: str = "",
              init_bundle: str = P.init, distill_ode_steps: int = P.ode_steps, distill_dmd_steps: int = P.dmd_steps,
              distill_teacher_steps: int = P.teacher_steps, model_name: str = P.model_name, eval_clips: int = P.eval_clips, keep_serving: bool = False,

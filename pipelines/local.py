@@ -32,6 +32,7 @@ class LocalRunConfig:
     root: Path
     preset: str = "small"
     steps: int = 200
+    lr: float = 0.0  # train.lr: peak learning rate (0 = the preset's)
     distill_ode_steps: int = 60
     distill_dmd_steps: int = 4
     distill_teacher_steps: int = 20
@@ -71,7 +72,7 @@ class LocalRunConfig:
 
     def dvc_params(self) -> dict[str, Any]:
         """The values ``params.yaml`` must hold for this run to be recorded as the DVC stages' result."""
-        return {"preset": self.preset, "train": {"steps": self.steps},
+        return {"preset": self.preset, "train": {"steps": self.steps, "lr": self.lr},
                 "vae": {"steps": self.vae_steps, "lr": self.vae_lr},
                 "heldout": {"num_clips": self.heldout_clips, "frames": self.heldout_frames,
                             "holdout_kinds": self.holdout_kinds},
@@ -99,6 +100,7 @@ def config_from_params(root: Path, **overrides: Any) -> LocalRunConfig:
     p = read_params(root)
     base = dict(root=root, preset=p.get("preset", "small"),
                 steps=p.get("train", {}).get("steps", 200), init=p.get("train", {}).get("init", "") or "",
+                lr=float(p.get("train", {}).get("lr", 0.0) or 0.0),
                 distill_ode_steps=p.get("distill", {}).get("ode_steps", 60),
                 distill_dmd_steps=p.get("distill", {}).get("dmd_steps", 4),
                 distill_teacher_steps=p.get("distill", {}).get("teacher_steps", 20),
@@ -224,7 +226,7 @@ def run_local(cfg: LocalRunConfig) -> LocalRunResult:
         with quiet_kfp(result.log_dir) if cfg.quiet else nullcontext():
             pipeline(num_clips=cfg.num_clips, seed=cfg.seed, clip_height=cfg.clip_height, clip_width=cfg.clip_width,
                      clip_frames=cfg.clip_frames, heldout_clips=cfg.heldout_clips, heldout_frames=cfg.heldout_frames,
-                     holdout_kinds=cfg.holdout_kinds, preset=cfg.preset, steps=cfg.steps, vae_steps=cfg.vae_steps,
+                     holdout_kinds=cfg.holdout_kinds, preset=cfg.preset, steps=cfg.steps, lr=cfg.lr, vae_steps=cfg.vae_steps,
                      vae_lr=cfg.vae_lr, vae_cache_dir=str(layout.vae_cache), init_bundle=_init_path(cfg),
                      distill_ode_steps=cfg.distill_ode_steps, distill_dmd_steps=cfg.distill_dmd_steps,
                      distill_teacher_steps=cfg.distill_teacher_steps,

@@ -50,3 +50,20 @@ def test_debug_keeps_the_traceback(tmp_path):
     module, args = CASES[-1]
     r = _run(module, args, tmp_path, "--debug")
     assert r.returncode == 1 and "Traceback" in r.stderr
+
+
+def test_main_guard_does_not_rebind_a_module_function():
+    """`if __name__ == "__main__": from model.cli import run` rebinds any module-level `run` when the module
+    is executed with `python -m` (it broke `python -m components.vae` once, while in-process calls passed)."""
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "components").glob("*/__main__.py")) + [ROOT / "model" / "__main__.py"]:
+        tree = ast.parse(path.read_text())
+        defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))}
+        for node in tree.body:
+            if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
+                bound = {a.asname or a.name for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))
+                         for a in n.names}
+                offenders += [f"{path.relative_to(ROOT)}: {name}" for name in bound & defined]
+    assert not offenders, offenders

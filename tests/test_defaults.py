@@ -60,7 +60,7 @@ def test_pipeline_defaults_are_params_yaml():
     sig = {k: v.default for k, v in inspect.signature(fn).parameters.items()}
     expect = {"num_clips": "ingest.num_clips", "seed": "ingest.seed", "clip_height": "ingest.height",
               "clip_width": "ingest.width", "clip_frames": "ingest.frames", "heldout_clips": "heldout.num_clips",
-              "heldout_frames": "heldout.frames", "preset": "preset", "steps": "train.steps",
+              "heldout_frames": "heldout.frames", "preset": "preset", "steps": "train.steps", "lr": "train.lr",
               "init_bundle": "train.init", "vae_steps": "vae.steps", "vae_lr": "vae.lr",
               "distill_ode_steps": "distill.ode_steps", "distill_dmd_steps": "distill.dmd_steps",
               "distill_teacher_steps": "distill.teacher_steps", "eval_clips": "evaluate.num_clips",

@@ -16,7 +16,8 @@ and ``--teacher`` / ``--student`` bundles are scored the same way (``teacher.*``
 the training clip length gives the drift curves (``plots/drift.png``).
 Writes ``metrics.json`` (flat numbers, DVC metrics: ``vae_psnr_db``, ``frame0_psnr_db``, ``psnr_mean``,
 ``ssim_mean``, ``rot_err_deg_mean``, ``rot_err_deg_mean_mirrored``, ``yaw_direction_agreement``,
-``registered_fraction``, ... and the same per variant), ``report.json`` (per-clip detail), ``table.md``,
+``registered_fraction``, ``baseline_still_psnr_mean`` (the first frame held still: the floor a world model
+must beat), ... and the same per variant), ``report.json`` (per-clip detail), ``table.md``,
 ``contact_sheet.png`` (GT row over generated row), ``plots/<id>{,_path,_contact_sheet}.png``,
 ``plots/drift.png``, ``samples/<id>.mp4``, ``samples/<id>_gt_vs_gen.mp4``, ``samples/<id>_drift.mp4`` and ``smoke_input/{image.png, trajectory.npz}`` (the example request that register
 attaches to the model and deploy sends to Triton). Output folder written atomically.
@@ -181,7 +182,8 @@ def evaluate(model_dir: Path, heldout: Path, out: Path, num_clips: int, max_fram
     from PIL import Image
 
     from components.evaluate.camera_metrics import plot_camera_report
-    from components.evaluate.report import contact_sheet, plot_drift, plot_paths, side_by_side, variant_table
+    from components.evaluate.report import (contact_sheet, frame_psnr, plot_drift, plot_paths, side_by_side,
+                                            variant_table)
     from model.quant.bundle import load_bundle
     from model.trajectory import Trajectory, save_trajectory
     from model.video_io import write_video
@@ -211,6 +213,9 @@ def evaluate(model_dir: Path, heldout: Path, out: Path, num_clips: int, max_fram
         metrics = dict(table[main_kind])
         for name, m in table.items():
             metrics.update({f"{name}.{k}": v for k, v in m.items()})
+        # The floor a world model must beat: the conditioning image held still for the whole clip.
+        still = [float(np.mean([frame_psnr(c.frames[0], f) for f in c.frames])) for c in clips]
+        metrics["baseline_still_psnr_mean"] = float(np.mean(still))
         metrics["num_clips"] = float(len(clips))
         metrics["num_frames"] = float(len(clips[0].frames))
         # figures of the headline model

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="optimizer steps (single-stage presets; default from params.yaml)")
     ap.add_argument("--batch-size", type=int, default=None, help="clips per rank per step")
     ap.add_argument("--latent-frames", type=int, default=None, help="latent frames per clip (default: the most every clip supplies, at most 9)")
-    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
+    ap.add_argument("--lr", type=float, default=default("train.lr"),
+                    help="peak learning rate (0 = the preset's; default from params.yaml)")
     ap.add_argument("--seed", type=int, default=0, help="seed for init, data order and noise")
     ap.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0 = end only)")
     ap.add_argument("--ckpt-dir", default=None, help="checkpoint folder (default <out>.ckpt)")

@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=3000, help="train steps")
     ap.add_argument("--seed", type=int, default=1000, help="data seed (make run uses 0)")
     ap.add_argument("--holdout-kinds", default="turn", help="classes left out, as make run's held-out split does")
+    ap.add_argument("--ema", type=float, default=0.999, help="EMA decay of the shipped weights")
+    ap.add_argument("--checkpoint-every", type=int, default=250,
+                    help="steps between resumable checkpoints (rerun the same command to resume)")
     return ap
 
 
@@ -81,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     _run("annotate", ["batch", "--raw", w / "raw", "--out", w / "shards"], log)
     _run("vae", ["--shards", w / "shards", "--preset", a.preset, "--no-progress", "--out", w / "vae"], log)
     _run("train", ["--shards", w / "shards", "--vae", w / "vae", "--preset", a.preset, "--steps", a.steps,
-                   "--seed", a.seed, "--out", w / "teacher"], log)
+                   "--seed", a.seed, "--ema", a.ema, "--checkpoint-every", a.checkpoint_every,
+                   "--out", w / "teacher"], log)
     sizes = _half_bundle(w / "teacher", a.out)
     import torch
 
@@ -90,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
     total = sum(sizes.values())
     record = {"preset": a.preset, "seed": a.seed, "clips": a.clips, "frames": a.frames, "steps": a.steps,
+              "ema": a.ema,
               "commands": log, "regenerate": f"make pretrain PRESET={a.preset}", "dtype": "float16",
               "sizes_mb": sizes, "total_mb": total, "package_version": PACKAGE_VERSION, "torch": torch.__version__}
     atomic.write_json(a.out / "pretrain.json", record)

@@ -72,7 +72,7 @@ def fit_key(frames: list[Any], vae_cfg: dict, options: dict) -> str:
     return h.hexdigest()[:20]
 
 
-def run(a: argparse.Namespace, logger: Any) -> dict:
+def fit_and_report(a: argparse.Namespace, logger: Any) -> dict:
     """Fit (or reuse, or copy through) and write ``a.out``; returns the ``fit.json`` report."""
     import torch
 
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if err:
         raise ValueError(err)
     with logger_from_args(a, "vae") as logger:
-        report = run(a, logger)
+        report = fit_and_report(a, logger)
     print(json.dumps({"out": str(a.out), "psnr_after": report.get("psnr_after"), "reused": report["reused"]}))
     return 0
 
