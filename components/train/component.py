@@ -53,7 +53,7 @@ def train(
         run_on_cluster(shards_path=shards.path, vae_path=vae.path, model_path=model.path, preset=preset, steps=steps, lr=lr,
                        checkpoint_every=checkpoint_every, stages_json=stages_json, cluster_json=cluster_spec,
                        kfp_run_id=kfp_run_id, kfp_task_name=kfp_task_name, tracking_uri=tracking_uri,
-                       parent_run_id=parent_run_id, experiment=experiment)
+                       parent_run_id=parent_run_id, experiment=experiment, init_path=init)
         return
     from components.common.launch import run_step
 

@@ -278,14 +278,16 @@ def tracking_env(tracking_uri: str = "", parent_run_id: str = "", experiment: st
 
 
 def plan(*, preset: str, steps: int, lr: float, checkpoint_every: int, stages_json: str, cluster_json: str,
-         kfp_run_id: str, kfp_task_name: str, tracking: dict[str, str] | None = None) -> TrainJobRequest:
+         kfp_run_id: str, kfp_task_name: str, tracking: dict[str, str] | None = None,
+         init: bool = False) -> TrainJobRequest:
     """The TrainJob request for one KFP train task (pure: what ``run_on_cluster`` would submit)."""
     import json
 
     cluster = ClusterSpec.from_dict(json.loads(cluster_json)) if cluster_json else ClusterSpec()
     cfg = train_config_from_params(preset, steps, lr, checkpoint_every, stages_json, zero_stage=cluster.zero_stage)
     return build_request(cfg, cluster, name=job_name(kfp_run_id, kfp_task_name), paths=run_paths(cluster, kfp_run_id),
-                         tracking=tracking, labels={"sana-wm/kfp-run-id": kfp_run_id, "sana-wm/kfp-task": kfp_task_name})
+                         tracking=tracking, labels={"sana-wm/kfp-run-id": kfp_run_id, "sana-wm/kfp-task": kfp_task_name},
+                         init=init)
 
 
 def default_client(namespace: str) -> Any:
@@ -299,20 +301,26 @@ def default_client(namespace: str) -> Any:
 def run_on_cluster(*, shards_path: str, model_path: str, preset: str, steps: int, vae_path: str = "", lr: float = 0.0,
                    checkpoint_every: int = 0, stages_json: str = "", cluster_json: str = "", kfp_run_id: str,
                    kfp_task_name: str, tracking_uri: str = "", parent_run_id: str = "", experiment: str = "",
-                   client: Any | None = None, poll_s: int = 30, timeout_s: float = 20 * 86400,
+                   init_path: str = "", client: Any | None = None, poll_s: int = 30, timeout_s: float = 20 * 86400,
                    sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """The cluster train task: plan, stage shards, run the TrainJob to completion, copy the bundle out.
 
-    Returns ``{"name", "namespace", "run_dir", "submitted", "total_steps"}``.
+    ``init_path``: a model bundle to fine-tune (a base or an imported release); it is staged on the PVC
+    beside the shards and the job trains with ``--init``. Returns ``{"name", "namespace", "run_dir",
+    "submitted", "total_steps"}``.
     """
+    if init_path and not (Path(init_path) / "config.json").is_file():
+        raise FileNotFoundError(f"init bundle {init_path!r} has no config.json: not a model bundle")
     req = plan(preset=preset, steps=steps, lr=lr, checkpoint_every=checkpoint_every, stages_json=stages_json,
                cluster_json=cluster_json, kfp_run_id=kfp_run_id, kfp_task_name=kfp_task_name,
-               tracking=tracking_env(tracking_uri, parent_run_id, experiment))
+               tracking=tracking_env(tracking_uri, parent_run_id, experiment), init=bool(init_path))
     if os.path.abspath(shards_path) != os.path.abspath(req.paths.shards):
         # Idempotent: a retried task copies onto the same per-run folder.
         shutil.copytree(shards_path, req.paths.shards, dirs_exist_ok=True)
     if vae_path and os.path.abspath(vae_path) != os.path.abspath(req.paths.vae):
         shutil.copytree(vae_path, req.paths.vae, dirs_exist_ok=True)  # the vae step's fit, for --vae
+    if init_path and os.path.abspath(init_path) != os.path.abspath(req.paths.init):
+        shutil.copytree(init_path, req.paths.init, dirs_exist_ok=True)
     launcher = TrainJobLauncher(client if client is not None else default_client(req.namespace), req,
                                 poll_s=poll_s, timeout_s=timeout_s, sleep=sleep)
     launcher.run()

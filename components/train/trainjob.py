@@ -138,6 +138,11 @@ class RunPaths:
     def latents(self) -> str:
         return f"{self.run_dir}/latents"
 
+    @property
+    def init(self) -> str:
+        """Where the launcher stages the bundle a fine-tune starts from (``train --init``)."""
+        return f"{self.run_dir}/init"
+
 
 def _slug(value: str, limit: int = 63) -> str:
     """A Kubernetes label value / path component from an arbitrary id (KFP run ids are UUIDs)."""
@@ -204,11 +209,13 @@ def _scale_steps(stages: tuple[StageConfig, ...], total: int) -> tuple[StageConf
     return tuple(dataclasses.replace(s, steps=n) for s, n in zip(stages, new))
 
 
-def trainer_args(cfg: TrainConfig, paths: RunPaths) -> list[str]:
-    """``python -m components.train`` flags: the whole config as JSON, the run's folders on the PVC."""
-    return ["--shards", paths.shards, "--vae", paths.vae, "--out", paths.out, "--ckpt-dir", paths.ckpt, "--cache-dir", paths.latents,
-            "--preset", cfg.preset, "--steps", str(cfg.total_steps), "--deepspeed", "--zero-stage",
-            str(cfg.zero_stage), "--train-config-json", json.dumps(cfg.to_dict(), sort_keys=True)]
+def trainer_args(cfg: TrainConfig, paths: RunPaths, init: bool = False) -> list[str]:
+    """``python -m components.train`` flags: the whole config as JSON, the run's folders on the PVC;
+    ``init``: fine-tune the bundle the launcher staged at ``paths.init``."""
+    args = ["--shards", paths.shards, "--vae", paths.vae, "--out", paths.out, "--ckpt-dir", paths.ckpt,
+            "--cache-dir", paths.latents, "--preset", cfg.preset, "--steps", str(cfg.total_steps), "--deepspeed",
+            "--zero-stage", str(cfg.zero_stage), "--train-config-json", json.dumps(cfg.to_dict(), sort_keys=True)]
+    return args + (["--init", paths.init] if init else [])
 
 
 @dataclass
@@ -225,9 +232,11 @@ class TrainJobRequest:
 
 
 def build_request(cfg: TrainConfig, cluster: ClusterSpec, *, name: str, paths: RunPaths,
-                  tracking: dict[str, str] | None = None, labels: dict[str, str] | None = None) -> TrainJobRequest:
+                  tracking: dict[str, str] | None = None, labels: dict[str, str] | None = None,
+                  init: bool = False) -> TrainJobRequest:
     """TrainerClient arguments for ``cfg`` on ``cluster``; ``tracking`` = env for MLflow in the pods
-    (``MLFLOW_TRACKING_URI``, ``SANA_WM_PARENT_RUN_ID``, ``MLFLOW_EXPERIMENT_NAME``; empty values dropped)."""
+    (``MLFLOW_TRACKING_URI``, ``SANA_WM_PARENT_RUN_ID``, ``MLFLOW_EXPERIMENT_NAME``; empty values dropped);
+    ``init``: the trainer fine-tunes the bundle staged at ``paths.init``."""
     from kubeflow.trainer import CustomTrainerContainer
     from kubeflow.trainer.options import (
         ActiveDeadlineSeconds,
@@ -283,7 +292,7 @@ def build_request(cfg: TrainConfig, cluster: ClusterSpec, *, name: str, paths: R
     options = [Name(name=name), Labels(labels=all_labels),
                Annotations(annotations={"sana-wm/run-dir": paths.run_dir,
                                         "sana-wm/total-steps": str(cfg.total_steps)}),
-               TrainerCommand(command=list(TRAINER_COMMAND)), TrainerArgs(args=trainer_args(cfg, paths)),
+               TrainerCommand(command=list(TRAINER_COMMAND)), TrainerArgs(args=trainer_args(cfg, paths, init)),
                patch, ActiveDeadlineSeconds(seconds=cluster.active_deadline_s)]
     return TrainJobRequest(name=name, namespace=cluster.namespace, runtime=cluster.runtime, trainer=trainer,
                            options=options, config=cfg, paths=paths)

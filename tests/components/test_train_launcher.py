@@ -68,6 +68,7 @@ class FakeTrainer:
         self._fault("train")
         name = next(o.name for o in options if type(o).__name__ == "Name")
         self.calls.append(("train", name, runtime))
+        self.args = next(o.args for o in options if type(o).__name__ == "TrainerArgs")
         self.jobs[name] = Job(name, "Created", [Step("node-0", "Pending", f"{name}-node-0-0")])
         self._polls = 0
         return name
@@ -126,6 +127,23 @@ def test_fresh_run_submits_once_stages_shards_and_collects_the_bundle(tmp_path, 
     assert res["name"] == job_name("run-1", "train") and res["total_steps"] == 50
     assert (tmp_path / "pvc/runs/run-1/shards/shard-000000.tar").is_file()
     assert (tmp_path / "model/config.json").is_file()
+
+
+def test_fine_tune_stages_the_init_bundle_and_trains_with_init(tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    fake = FakeTrainer()
+    _run(tmp_path, fake, init_path=str(base))
+    staged = tmp_path / "pvc/runs/run-1/init"
+    assert (staged / "config.json").is_file()
+    i = fake.args.index("--init")
+    assert fake.args[i + 1] == str(staged)
+    fake = FakeTrainer()
+    _run(tmp_path / "scratch", fake)
+    assert "--init" not in fake.args  # no init: random weights, as before
+    with pytest.raises(FileNotFoundError, match="not a model bundle"):
+        _run(tmp_path / "bad", FakeTrainer(), init_path=str(tmp_path / "missing"))
 
 
 def test_retried_task_reattaches_instead_of_resubmitting(tmp_path):
