@@ -12,7 +12,9 @@ On a random-weight ``small`` bundle (CPU), one server with the three models of `
   error that names the problem, no valid chunk may fail, the server stays ready, and the stub's RSS
   after the sessions end is compared with its level before them.
 
-    .venv/bin/python bench/serve.py [--chunks 20] [--sessions 1 4 8] [--out bench/results/serve.json]
+    .venv/bin/python bench/serve.py [--preset small] [--chunks 20] [--sessions 1 4 8] [--out bench/results/serve.json]
+
+The figures go into the results file under the preset's key (``small``, ``tiny``), beside the others.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from model.atomic import write_json
 from model.config import get_preset
 from model.pipeline import WorldModelPipeline
 from model.trajectory import default_intrinsics, trajectory_from_actions
@@ -268,13 +271,38 @@ def main(argv: list[str] | None = None) -> int:
 
     result["load_avg_at_end"] = os.getloadavg()  # the machine is shared: read the figures against this
     result["command"] = "bench/serve.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    result["git_commit"] = _git_commit()
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
-    print(f"wrote {out}")
+    write_json(out, merge_results(out, args.preset, result))
+    print(f"wrote {out} [{args.preset}]")
     return 0
+
+
+def merge_results(out: Path, preset: str, result: dict) -> dict:
+    """The results file's figures with ``result`` under key ``preset`` (other presets' figures kept).
+
+    A file from before the per-preset layout holds one preset's figures at the top level (it has a
+    string ``preset`` key): those move under their own preset's key first, so no run is lost."""
+    data = json.loads(out.read_text()) if out.is_file() else {}
+    if isinstance(data.get("preset"), str):
+        data = {data["preset"]: data}
+    data[preset] = result
+    return data
+
+
+def _git_commit() -> str | None:
+    """HEAD of the checkout the bench ran from (with ``+dirty`` when it had uncommitted changes)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 if __name__ == "__main__":
