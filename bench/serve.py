@@ -4,7 +4,9 @@ On a random-weight ``small`` bundle (CPU), one server with the three models of `
 
 * 1, 4 and 8 concurrent sessions x ``--chunks`` chunks each (``sana_wm_session``, few-step student):
   per-chunk latency p50/p95/p99, chunks/s, RSS of the session model's stub process once every session
-  has made chunk 2 and again at the last chunk (ratio: goal <= 1.05), memory per live session;
+  has made chunk 2 and again at the last chunk (ratio: goal <= 1.05), also from chunk 6 (after the
+  K/V window has filled; the in-process session's state size per chunk says when), memory per live
+  session;
 * time to first frames of the decoupled ``sana_wm`` (gRPC stream) vs the whole-video time of
   ``sana_wm_video`` for the same request;
 * Triton round trip vs in-process ``StreamingSession.step`` for the same chunk (goal <= 1.10);
@@ -12,7 +14,9 @@ On a random-weight ``small`` bundle (CPU), one server with the three models of `
   error that names the problem, no valid chunk may fail, the server stays ready, and the stub's RSS
   after the sessions end is compared with its level before them.
 
-    .venv/bin/python bench/serve.py [--chunks 20] [--sessions 1 4 8] [--out bench/results/serve.json]
+    .venv/bin/python bench/serve.py [--preset small] [--chunks 20] [--sessions 1 4 8] [--out bench/results/serve.json]
+
+The figures go into the results file under the preset's key (``small``, ``tiny``), beside the others.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from model.atomic import write_json
 from model.config import get_preset
 from model.pipeline import WorldModelPipeline
 from model.trajectory import default_intrinsics, trajectory_from_actions
@@ -69,6 +74,9 @@ def run_sessions(url: str, n: int, chunks: int, image: np.ndarray) -> dict:
     """``n`` sessions at once, ``chunks`` chunks each; RSS sampled when all have made chunk 2 and chunk N."""
     marks: dict[str, int] = {}
     at2 = threading.Barrier(n, action=lambda: marks.__setitem__("chunk2", stub_rss("sana_wm_session")))
+    # A session's state grows until its K/V window (sink + recent chunks) is full, a few chunks in; RSS
+    # once every session is past that separates the window's warm-up from growth with session length.
+    at6 = threading.Barrier(n, action=lambda: marks.__setitem__("chunk6", stub_rss("sana_wm_session")))
     atN = threading.Barrier(n, action=lambda: marks.__setitem__("chunkN", stub_rss("sana_wm_session")))
     lat: list[float] = []
     failures: list[str] = []
@@ -88,12 +96,15 @@ def run_sessions(url: str, n: int, chunks: int, image: np.ndarray) -> dict:
                         lat.append(dt)
                     if c == 1:
                         at2.wait()
+                    if c == 5 and chunks > 6:
+                        at6.wait()
                     if c == chunks - 1:
                         atN.wait()
         except Exception as err:  # noqa: BLE001 - counted and reported
             with lock:
                 failures.append(f"{type(err).__name__}: {err}")
             at2.abort()
+            at6.abort()
             atN.abort()
 
     before = stub_rss("sana_wm_session")
@@ -112,6 +123,8 @@ def run_sessions(url: str, n: int, chunks: int, image: np.ndarray) -> dict:
         "rss_before_mb": before / 2**20, "rss_chunk2_mb": marks.get("chunk2", 0) / 2**20,
         "rss_last_chunk_mb": marks.get("chunkN", 0) / 2**20,
         "rss_last_over_chunk2": marks["chunkN"] / marks["chunk2"] if "chunk2" in marks and "chunkN" in marks else None,
+        "rss_chunk6_mb": marks.get("chunk6", 0) / 2**20,
+        "rss_last_over_chunk6": marks["chunkN"] / marks["chunk6"] if "chunk6" in marks and "chunkN" in marks else None,
         "mb_per_live_session": (marks.get("chunk2", before) - before) / n / 2**20,
         "rss_after_end_mb": after / 2**20,
     }
@@ -218,11 +231,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # In-process reference for the same chunk (before the server takes the cores).
     s = StreamingSession(pipe, image, seed=0)
-    inproc = []
-    for c in range(6):
+    inproc, state_bytes = [], []
+    for c in range(10):  # timed: chunks 0..5; state size: every chunk (when does the window fill?)
         t0 = time.perf_counter()
         s.step(action=ACTIONS[c])
-        inproc.append(time.perf_counter() - t0)
+        if c < 6:
+            inproc.append(time.perf_counter() - t0)
+        state_bytes.append(s.num_bytes())
     del s
     print("in-process chunk s:", [round(x, 3) for x in inproc], flush=True)
 
@@ -239,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             "triton_chunk_s_median": float(np.median(rt[1:])),
             "ratio": float(np.median(rt[1:]) / np.median(inproc[1:])),
             "in_process_s": inproc, "triton_s": rt, "note": "chunks 1..5 (chunk 0 also encodes the image)"}
+        result["session_state_bytes_after_chunk"] = state_bytes  # StreamingSession.num_bytes, chunks 1..10
         print(json.dumps(result["round_trip"]), flush=True)
 
         # Time to first frames: decoupled stream vs the whole video over HTTP.
@@ -268,13 +284,38 @@ def main(argv: list[str] | None = None) -> int:
 
     result["load_avg_at_end"] = os.getloadavg()  # the machine is shared: read the figures against this
     result["command"] = "bench/serve.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    result["git_commit"] = _git_commit()
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
-    print(f"wrote {out}")
+    write_json(out, merge_results(out, args.preset, result))
+    print(f"wrote {out} [{args.preset}]")
     return 0
+
+
+def merge_results(out: Path, preset: str, result: dict) -> dict:
+    """The results file's figures with ``result`` under key ``preset`` (other presets' figures kept).
+
+    A file from before the per-preset layout holds one preset's figures at the top level (it has a
+    string ``preset`` key): those move under their own preset's key first, so no run is lost."""
+    data = json.loads(out.read_text()) if out.is_file() else {}
+    if isinstance(data.get("preset"), str):
+        data = {data["preset"]: data}
+    data[preset] = result
+    return data
+
+
+def _git_commit() -> str | None:
+    """HEAD of the checkout the bench ran from (with ``+dirty`` when it had uncommitted changes)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 if __name__ == "__main__":

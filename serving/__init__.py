@@ -1,5 +1,6 @@
 """Serving a world-model bundle through a real Triton Inference Server.
 
+* ``serving.request``     ``VideoRequest`` and the input tensors' wire form (names, datatypes), pure NumPy.
 * ``serving.predictor``   ``Predictor``: request validation + generation, pure Python (no Triton).
 * ``serving.triton_repo`` ``build_repository``: ``<repo>/<name>/{config.pbtxt, 1/model.py}``.
 * ``serving.server``      ``TritonServer``: the ``tritonserver`` binary from nvidia-pytriton, on 127.0.0.1.

@@ -25,92 +25,62 @@ import numpy as np
 
 from model.atomic import atomic_path
 from model.video_io import write_video
+from serving.request import VideoRequest, wire_tensors
 
 DEFAULT_MODEL = "sana_wm_video"  # the whole-video route; "sana_wm" is decoupled (gRPC streams only)
 STREAM_MODEL = "sana_wm"
 SESSION_MODEL = "sana_wm_session"
 
 
-def request_video(
-    url: str,
-    image: np.ndarray,
-    c2w: np.ndarray,
-    K: np.ndarray,
-    seed: int = 0,
-    num_frames: int | None = None,
-    model_name: str = DEFAULT_MODEL,
-    mode: str | None = None,
-    timeout_s: float = 600.0,
-) -> np.ndarray:
+# request_video and stream_video take the request as ``serving.request.VideoRequest``'s fields, in order:
+# image uint8 (H, W, 3), c2w (N, 4, 4), intrinsics (N, 3, 3), seed=0, num_frames=None, mode=None; the
+# intrinsics may be passed by their older client name ``K``.
+def _video_request(request: tuple, fields: dict) -> VideoRequest:
+    if "K" in fields:
+        if "intrinsics" in fields or len(request) > 2:
+            raise TypeError("intrinsics given twice (as K and as intrinsics)")
+        fields["intrinsics"] = fields.pop("K")
+    return VideoRequest(*request, **fields)
+
+
+def request_video(url: str, *request, model_name: str = DEFAULT_MODEL, timeout_s: float = 600.0,
+                  **fields) -> np.ndarray:
     """One inference over HTTP; return the video uint8 (n, H, W, 3).
 
     Args:
         url: ``host:port`` of the server's HTTP endpoint.
-        image: uint8 (H, W, 3) first frame.
-        c2w: (N, 4, 4) camera-to-world poses; sent as FP32.
-        K: (N, 3, 3) pixel intrinsics; sent as FP32.
-        seed: noise seed (INT64).
-        num_frames: raw frames to generate; optional, and the server rejects one that is not N.
-        mode: ``streaming``/``bidirectional``/``few_step`` (default: the server's).
+        request, fields: the request (``VideoRequest``'s fields, positional or by name); C2W and
+            INTRINSICS are sent as FP32; ``num_frames`` is optional and the server rejects one that is
+            not N; ``mode`` ``streaming``/``bidirectional``/``few_step`` (default: the server's).
     Raises:
         tritonclient.utils.InferenceServerException carrying the server's message for a bad request.
     """
     import tritonclient.http as httpclient
 
-    image = np.ascontiguousarray(image)
-    c2w = np.ascontiguousarray(c2w, dtype=np.float32)
-    K = np.ascontiguousarray(K, dtype=np.float32)
-    tensors = _oneshot_tensors(image, c2w, K, seed, num_frames, mode)
-    inputs = []
-    for name, arr, dtype in tensors:
-        inp = httpclient.InferInput(name, list(arr.shape), dtype)
-        inp.set_data_from_numpy(arr, binary_data=True)
-        inputs.append(inp)
     outputs = [httpclient.InferRequestedOutput("VIDEO", binary_data=True)]
     # Generation takes seconds to minutes: the default 60 s network timeout is too short.
     with httpclient.InferenceServerClient(url, connection_timeout=timeout_s, network_timeout=timeout_s) as client:
+        inputs = _infer_inputs(httpclient, _video_request(request, fields).tensors(), binary_data=True)
         result = client.infer(model_name, inputs, outputs=outputs)
     return result.as_numpy("VIDEO")
 
 
-def _oneshot_tensors(image, c2w, K, seed, num_frames, mode) -> list[tuple[str, np.ndarray, str]]:
-    tensors = [
-        ("IMAGE", np.ascontiguousarray(image), "UINT8"),
-        ("C2W", np.ascontiguousarray(c2w, dtype=np.float32), "FP32"),
-        ("INTRINSICS", np.ascontiguousarray(K, dtype=np.float32), "FP32"),
-        ("SEED", np.array([seed], dtype=np.int64), "INT64"),
-    ]
-    if num_frames is not None:
-        tensors.append(("NUM_FRAMES", np.array([num_frames], dtype=np.int32), "INT32"))
-    if mode is not None:
-        tensors.append(("MODE", np.array([mode.encode()], dtype=np.object_), "BYTES"))
-    return tensors
-
-
-def _grpc_inputs(tensors):
-    import tritonclient.grpc as grpcclient
-
+def _infer_inputs(protocol, tensors: list[tuple[str, np.ndarray, str]], **set_data) -> list:
+    """``InferInput``s of ``protocol`` (``tritonclient.http`` or ``tritonclient.grpc``) for ``tensors``;
+    ``set_data`` goes to ``set_data_from_numpy`` (HTTP: ``binary_data=True``, raw bytes instead of JSON)."""
     inputs = []
     for name, arr, dtype in tensors:
-        inp = grpcclient.InferInput(name, list(arr.shape), dtype)
-        inp.set_data_from_numpy(arr)
+        inp = protocol.InferInput(name, list(arr.shape), dtype)
+        inp.set_data_from_numpy(arr, **set_data)
         inputs.append(inp)
     return inputs
 
 
-def stream_video(
-    url: str,
-    image: np.ndarray,
-    c2w: np.ndarray,
-    K: np.ndarray,
-    seed: int = 0,
-    num_frames: int | None = None,
-    model_name: str = STREAM_MODEL,
-    mode: str | None = None,
-    timeout_s: float = 600.0,
-) -> Iterator[np.ndarray]:
+def stream_video(url: str, *request, model_name: str = STREAM_MODEL, timeout_s: float = 600.0,
+                 **fields) -> Iterator[np.ndarray]:
     """Ask the decoupled model over a gRPC stream; yield each chunk's frames uint8 (n_k, H, W, 3) as it
-    arrives (the first after about one chunk's work). ``url`` is the gRPC ``host:port``.
+    arrives (the first after about one chunk's work). ``url`` is the gRPC ``host:port``; the request
+    is given as to ``request_video``.
 
     Raises ``InferenceServerException`` with the server's message for a bad request.
     """
@@ -119,13 +89,13 @@ def stream_video(
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
+    inputs = _infer_inputs(grpcclient, _video_request(request, fields).tensors())
     answers: queue.Queue = queue.Queue()
     client = grpcclient.InferenceServerClient(url)
     try:
         client.start_stream(callback=lambda result, error: answers.put((result, error)),
                             stream_timeout=timeout_s)
-        client.async_stream_infer(model_name, _grpc_inputs(_oneshot_tensors(image, c2w, K, seed, num_frames, mode)),
-                                  enable_empty_final_response=True)
+        client.async_stream_infer(model_name, inputs, enable_empty_final_response=True)
         while True:
             try:
                 result, error = answers.get(timeout=timeout_s)
@@ -165,17 +135,15 @@ class SessionClient:
         self.live = False
 
     def _infer(self, tensors, start=False, end=False):
-        return self.client.infer(self.model_name, _grpc_inputs(tensors), sequence_id=self.sequence_id,
+        import tritonclient.grpc as grpcclient
+
+        return self.client.infer(self.model_name, _infer_inputs(grpcclient, tensors), sequence_id=self.sequence_id,
                                  sequence_start=start, sequence_end=end, client_timeout=self.timeout_s)
 
     @staticmethod
     def _steer(action: str | None, c2w: np.ndarray | None) -> list:
-        tensors = []
-        if action is not None:
-            tensors.append(("ACTION", np.array([action.encode()], dtype=np.object_), "BYTES"))
-        if c2w is not None:
-            tensors.append(("C2W", np.ascontiguousarray(c2w, dtype=np.float32), "FP32"))
-        return tensors
+        """The tensors that steer one chunk: ACTION (keys) and/or C2W (n, 4, 4) poses, whichever is set."""
+        return wire_tensors(ACTION=action, C2W=c2w)
 
     @staticmethod
     def _chunk(result) -> tuple[int, np.ndarray, np.ndarray]:
@@ -186,14 +154,7 @@ class SessionClient:
               prompt: str | None = None):
         from tritonclient.utils import InferenceServerException
 
-        tensors = [("IMAGE", np.ascontiguousarray(image, dtype=np.uint8), "UINT8"),
-                   ("SEED", np.array([seed], dtype=np.int64), "INT64")]
-        if intrinsics is not None:
-            tensors.append(("INTRINSICS", np.ascontiguousarray(intrinsics, dtype=np.float32), "FP32"))
-        if mode is not None:
-            tensors.append(("MODE", np.array([mode.encode()], dtype=np.object_), "BYTES"))
-        if prompt is not None:
-            tensors.append(("PROMPT", np.array([prompt.encode()], dtype=np.object_), "BYTES"))
+        tensors = wire_tensors(IMAGE=image, SEED=seed, INTRINSICS=intrinsics, MODE=mode, PROMPT=prompt)
         try:
             result = self._infer(tensors + self._steer(action, c2w), start=True)
         except InferenceServerException as err:

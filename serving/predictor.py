@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from serving.errors import SEED_MAX, RequestError  # noqa: F401  (re-exported: callers catch RequestError here)
+from serving.request import VideoRequest
 
 MODES = ("streaming", "bidirectional", "few_step")
 DEFAULT_LOADER = "serving.predictor:load_pipeline"
@@ -114,19 +115,13 @@ class Predictor:
         below = 1 + s * k
         return below, below if (near - 1) % s == 0 else below + s
 
-    def validate(
-        self,
-        image: np.ndarray,
-        c2w: np.ndarray,
-        intrinsics: np.ndarray,
-        seed: int,
-        num_frames: int | None,
-        mode: str | bytes | None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int, str]:
-        """Check a request; return (image uint8 (H,W,3), c2w f64 (n,4,4), K f64 (n,3,3), seed, n, mode).
+    def validate(self, request: VideoRequest) -> VideoRequest:
+        """Check a request; return it normalised: image uint8 (H,W,3), c2w f64 (n,4,4), intrinsics f64
+        (n,3,3), seed int, num_frames n (``None`` in means all N poses; a given one must equal N), mode str.
 
-        ``num_frames=None`` means all N poses (a given one must equal N). Raises ``RequestError`` naming the first problem found.
+        Raises ``RequestError`` naming the first problem found.
         """
+        image = request.image
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
             raise RequestError(f"IMAGE must be a uint8 array, got {getattr(image, 'dtype', type(image))}")
         if image.ndim != 3 or image.shape[2] != 3:
@@ -136,8 +131,8 @@ class Predictor:
                 f"IMAGE is {image.shape[0]}x{image.shape[1]} but this model generates "
                 f"{self.height}x{self.width} (HxW); resize the image first"
             )
-        c2w = _float_array(c2w, "C2W", (4, 4))
-        intrinsics = _float_array(intrinsics, "INTRINSICS", (3, 3))
+        c2w = _float_array(request.c2w, "C2W", (4, 4))
+        intrinsics = _float_array(request.intrinsics, "INTRINSICS", (3, 3))
         if c2w.shape[0] != intrinsics.shape[0]:
             raise RequestError(
                 f"C2W has {c2w.shape[0]} poses but INTRINSICS has {intrinsics.shape[0]}; they must match"
@@ -148,7 +143,7 @@ class Predictor:
             raise RequestError("INTRINSICS contains NaN or inf")
 
         n_poses = c2w.shape[0]
-        num_frames = n_poses if num_frames is None else _as_int(num_frames, "NUM_FRAMES")
+        num_frames = n_poses if request.num_frames is None else _as_int(request.num_frames, "NUM_FRAMES")
         if num_frames != n_poses:
             raise RequestError(f"NUM_FRAMES={num_frames} but C2W has {n_poses} poses; they must agree "
                                f"(one frame per pose), or leave NUM_FRAMES out")
@@ -173,85 +168,66 @@ class Predictor:
         except ValueError as err:
             raise RequestError(str(err)) from err
 
-        seed = _as_int(seed, "SEED")
+        seed = _as_int(request.seed, "SEED")
         if not 0 <= seed <= SEED_MAX:
             raise RequestError(f"SEED must be in [0, 2**63-1], got {seed}")
-        mode = self.default_mode if mode in (None, "", b"") else mode
+        mode = self.default_mode if request.mode in (None, "", b"") else request.mode
         if isinstance(mode, bytes):
             mode = mode.decode("utf-8", errors="replace")
         if mode not in MODES:
             raise RequestError(f"MODE must be one of {MODES}, got {mode!r}")
-        return image, c2w, intrinsics, seed, num_frames, mode
+        return VideoRequest(image, c2w, intrinsics, seed, num_frames, mode, request.prompt)
 
     # --- inference -------------------------------------------------------------------------------
-    def predict(
-        self,
-        image: np.ndarray,
-        c2w: np.ndarray,
-        intrinsics: np.ndarray,
-        seed: int = 0,
-        num_frames: int | None = None,
-        mode: str | None = None,
-        prompt: str = "",
-    ) -> np.ndarray:
+    # predict and stream take one request, as ``VideoRequest``'s fields: (image uint8 (H, W, 3),
+    # c2w (N, 4, 4), intrinsics (N, 3, 3), seed=0, num_frames=None, mode=None, prompt="").
+    def predict(self, *request: Any, **fields: Any) -> np.ndarray:
         """Generate a video that starts at ``image`` and follows the camera trajectory.
 
-        Args:
-            image: uint8 (H, W, 3), the model's pixel size.
-            c2w: (N, 4, 4) camera-to-world, OpenCV axes, metres.
-            intrinsics: (N, 3, 3) pixel intrinsics.
-            seed: noise seed in [0, 2**63-1]; the same seed gives the same video.
-            num_frames: optional; if given it must equal N, which must be 1 + temporal_stride*k, k >= 1.
-            mode: sampling mode (None: ``default_mode``).
+        Args: a ``VideoRequest``'s fields (positional or by name); ``num_frames``, if given, must equal N,
+            which must be 1 + temporal_stride*k, k >= 1; ``mode`` None is ``default_mode``.
         Returns:
             uint8 (n, H, W, 3).
         """
-        image, c2w, intrinsics, seed, n, mode = self.validate(image, c2w, intrinsics, seed, num_frames, mode)
-        video = self.pipeline.generate(image, c2w, intrinsics, prompt=prompt, seed=seed, mode=mode,
+        return self._whole(self.validate(VideoRequest(*request, **fields)))
+
+    def _whole(self, r: VideoRequest) -> np.ndarray:
+        video = self.pipeline.generate(r.image, r.c2w, r.intrinsics, prompt=r.prompt, seed=r.seed, mode=r.mode,
                                        num_steps=self.num_steps, progress=False)
         video = np.asarray(video)
-        expected = (n, self.height, self.width, 3)
+        expected = (r.num_frames, self.height, self.width, 3)
         # A wrong output is a model bug, not the client's fault: RuntimeError, not RequestError.
         if video.shape != expected or video.dtype != np.uint8:
             raise RuntimeError(f"pipeline returned {video.dtype} {video.shape}, expected uint8 {expected}")
         return video
 
-    def stream(
-        self,
-        image: np.ndarray,
-        c2w: np.ndarray,
-        intrinsics: np.ndarray,
-        seed: int = 0,
-        num_frames: int | None = None,
-        mode: str | None = None,
-        prompt: str = "",
-    ) -> Iterator[np.ndarray]:
+    def stream(self, *request: Any, **fields: Any) -> Iterator[np.ndarray]:
         """Validate (eagerly: a bad request raises before the first chunk), then yield the video chunk by
-        chunk: uint8 (n_k, H, W, 3) pieces whose concatenation is the ``predict`` video.
+        chunk: uint8 (n_k, H, W, 3) pieces whose concatenation is the ``predict`` video. Same arguments
+        as ``predict``.
 
         ``streaming``/``few_step`` run a ``serving.session.StreamingSession`` over the trajectory's
         chunks (``config.chunks.chunk_lengths``); ``bidirectional`` denoises all frames jointly, so it
         yields the whole video once.
         """
-        image, c2w, intrinsics, seed, n, mode = self.validate(image, c2w, intrinsics, seed, num_frames, mode)
-        return self._stream(image, c2w, intrinsics, seed, n, mode, prompt)
+        return self._stream(self.validate(VideoRequest(*request, **fields)))
 
-    def _stream(self, image, c2w, intrinsics, seed, n, mode, prompt) -> Iterator[np.ndarray]:
-        if mode == "bidirectional":
-            yield self.predict(image, c2w, intrinsics, seed=seed, mode=mode, prompt=prompt)
+    def _stream(self, r: VideoRequest) -> Iterator[np.ndarray]:
+        if r.mode == "bidirectional":
+            yield self._whole(r)
             return
         from model.camera import relative_to_first
         from serving.session import StreamingSession
 
-        if not np.allclose(intrinsics, intrinsics[:1], atol=1e-6):
+        if not np.allclose(r.intrinsics, r.intrinsics[:1], atol=1e-6):
             # One K per session: a zoom inside a trajectory has no per-chunk form yet.
-            yield self.predict(image, c2w, intrinsics, seed=seed, mode=mode, prompt=prompt)
+            yield self._whole(r)
             return
         cfg = self.pipeline.config
-        rel = relative_to_first(c2w).numpy()
-        session = StreamingSession(self.pipeline, image, intrinsics[0], seed=seed, prompt=prompt, mode=mode,
-                                   num_steps=self.num_steps)
-        lens = cfg.chunks.chunk_lengths(cfg.vae.num_latent_frames(n))
+        rel = relative_to_first(r.c2w).numpy()
+        session = StreamingSession(self.pipeline, r.image, r.intrinsics[0], seed=r.seed, prompt=r.prompt,
+                                   mode=r.mode, num_steps=self.num_steps)
+        lens = cfg.chunks.chunk_lengths(cfg.vae.num_latent_frames(r.num_frames))
         start = 1  # frame 0 is the conditioning image
         for k, f in enumerate(lens):
             count = self.temporal_stride * (f - 1 if k == 0 else f)

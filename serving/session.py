@@ -456,11 +456,12 @@ class SessionManager:
         idle_timeout_s: a session unused this long is dropped (keep it equal to Triton's
             ``max_sequence_idle_microseconds``, which forgets the sequence at the same moment).
         clock: monotonic time source (tests pass a fake one).
+        limit_note: said in the limit error after the count, e.g. that the limit is per Triton instance.
     """
 
     def __init__(self, pipeline: Any, max_sessions: int = 4, idle_timeout_s: float = 60.0,
                  default_mode: str = "few_step", num_steps: int | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, limit_note: str = "") -> None:
         if max_sessions < 1:
             raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
         if not idle_timeout_s > 0:
@@ -473,6 +474,7 @@ class SessionManager:
         self.default_mode = default_mode
         self.num_steps = num_steps
         self.clock = clock
+        self.limit_note = limit_note
         self._sessions: dict[int, _Entry] = {}
         self._lock = threading.Lock()
         self.reaped = 0
@@ -510,8 +512,9 @@ class SessionManager:
                 raise SessionError(f"session {corrid} is already live: START was sent twice; send END first "
                                    f"or use a new correlation id")
             if len(self._sessions) >= self.max_sessions:
+                note = f" ({self.limit_note})" if self.limit_note else ""
                 raise SessionError(f"session limit reached: {len(self._sessions)} of {self.max_sessions} sessions "
-                                   f"are live; retry after one ends (idle sessions are dropped after "
+                                   f"are live{note}; retry after one ends (idle sessions are dropped after "
                                    f"{self.idle_timeout_s:g} s)")
             # Reserve the slot under the lock; build outside it (the image encode takes a moment).
             self._sessions[corrid] = None  # type: ignore[assignment]
@@ -526,25 +529,27 @@ class SessionManager:
             self._sessions[corrid] = _Entry(session, self.clock())
         return session
 
+    def _live(self, corrid: int) -> _Entry:
+        """The entry of live session ``corrid`` (call with the lock held) or a ``SessionError`` saying why
+        there is none (a START still building its session counts as not live yet)."""
+        entry = self._sessions.get(corrid)
+        if entry is None:
+            raise SessionError(f"unknown session {corrid}: send START first (sessions end on END and are "
+                               f"dropped after {self.idle_timeout_s:g} s idle)")
+        return entry
+
     def get(self, corrid: int) -> StreamingSession:
         """The live session ``corrid`` or a ``SessionError`` that says why there is none."""
         corrid = _check_corrid(corrid)
         with self._lock:
-            entry = self._sessions.get(corrid)
-        if entry is None:
-            raise SessionError(f"unknown session {corrid}: send START first (sessions end on END and are "
-                               f"dropped after {self.idle_timeout_s:g} s idle)")
-        return entry.session
+            return self._live(corrid).session
 
     def step(self, corrid: int, c2w: np.ndarray | None = None,
              action: str | None = None) -> tuple[np.ndarray, np.ndarray, int]:
         """Next chunk of session ``corrid``: (frames, poses, chunk index)."""
         corrid = _check_corrid(corrid)
         with self._lock:
-            entry = self._sessions.get(corrid)
-            if entry is None:
-                raise SessionError(f"unknown session {corrid}: send START first (sessions end on END and are "
-                                   f"dropped after {self.idle_timeout_s:g} s idle)")
+            entry = self._live(corrid)
             if entry.busy:
                 raise SessionError(f"session {corrid} is already generating a chunk; send one request at a time")
             entry.busy = True

@@ -12,11 +12,18 @@ each holding ``config.pbtxt`` (backend "python", named typed tensors, parameters
 config.pbtxt is built as a ``inference.ModelConfig`` protobuf (tritonclient ships the schema) and
 printed with ``text_format``, so it is valid by construction rather than by string formatting.
 
-Placement: ``device="cuda[:i]"`` gives ``KIND_GPU`` instance groups (on GPU i), ``"cpu"`` ``KIND_CPU``;
-``"auto"`` picks CUDA when this machine has it. ``instance_count`` instances per model; a session
-instance holds at most ``max_sessions`` live sessions and Triton gets ``max_sessions + spare_slots``
-sequence slots per instance, so a START beyond the limit is refused by the model instead of evicting
-a live sequence (see ``adapters/triton_session_model.py``).
+Placement (``placement``): ``device="cuda[:i]"`` gives ``KIND_GPU`` instance groups (on GPU i), ``"cpu"``
+``KIND_CPU``; ``"auto"`` picks CUDA when this machine has it. A quantized (NVFP4) bundle is served where
+it was built (``model.quant.bundle.build_device``): a CUDA-built one on ``KIND_GPU`` -- refused on a host
+without CUDA, since its ModelOpt kernels assert CUDA -- and the CPU fake-quant reference on ``KIND_CPU``;
+a ``device`` naming the other kind is refused. With ``device=None`` the bundle decides (plain: CPU).
+
+Sessions: ``instance_count`` instances per model. Each session instance is its own stub process with its
+own sessions, holding at most ``max_sessions`` (per instance), so the server holds
+``instance_count * max_sessions``; both numbers and the product are model parameters, for clients.
+Triton gets ``max_sessions + spare_slots`` sequence slots per instance (``max_candidate_sequences`` is
+per instance), so a START beyond an instance's limit reaches the model and is refused there instead of
+evicting a live sequence (see ``adapters/triton_session_model.py``).
 """
 
 from __future__ import annotations
@@ -85,6 +92,52 @@ def resolve_device(device: str) -> str:
     if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:<index>' or 'auto', got {device!r}")
     return device
+
+
+class PlacementError(ValueError):
+    """The bundle cannot be served on the requested device or on this host (the message says why)."""
+
+
+def placement(bundle_dir: str | Path, device: str | None = None, cuda_available: bool | None = None) -> str:
+    """The torch device the bundle's Triton instances run on (its kind is the instance-group kind).
+
+    Args:
+        bundle_dir: a model bundle; a quantized one records the device kind it was built on.
+        device: ``cpu`` / ``cuda[:i]`` / ``auto``, or None: where the bundle belongs (a quantized bundle
+            where it was built, a plain one on the CPU).
+        cuda_available: whether this host has CUDA (None: ask torch); config generation needs no GPU.
+    Raises:
+        PlacementError: a CUDA-built quantized bundle on a host without CUDA, or a ``device`` of the
+            other kind than the quantized bundle was built on.
+    """
+    from model.quant.bundle import build_device
+
+    def has_cuda() -> bool:
+        if cuda_available is not None:
+            return cuda_available
+        import torch
+
+        return torch.cuda.is_available()
+
+    built_on = build_device(bundle_dir)
+    if built_on is None:  # plain bundle: the caller's choice
+        if device is None:
+            return "cpu"
+        return ("cuda" if has_cuda() else "cpu") if device == "auto" else resolve_device(device)
+    if device is not None and device != "auto":
+        resolved = resolve_device(device)
+        if resolved.split(":")[0] != built_on:
+            raise PlacementError(
+                f"quantized bundle {bundle_dir} was built on {built_on} and is served where it was built, "
+                f"not on device={device!r}; " + ("serve it on a CUDA host (device='cuda' or 'auto')" if
+                                                 built_on == "cuda" else "serve it with device='cpu' (it holds "
+                                                 "the CPU fake-quant reference) or quantize on CUDA"))
+    else:
+        resolved = built_on
+    if built_on == "cuda" and not has_cuda():
+        raise PlacementError(f"quantized bundle {bundle_dir} was built on CUDA (ModelOpt NVFP4 kernels, which "
+                             f"assert CUDA) but this host has no CUDA device: deploy it on a GPU host")
+    return resolved
 
 
 def _instance_group(cfg: mc.ModelConfig, device: str, count: int) -> None:
@@ -189,7 +242,7 @@ def build_repository(
     repo_dir: str | Path,
     model_name: str = "sana_wm",
     max_frames: int | None = None,
-    device: str = "cpu",
+    device: str | None = None,
     default_mode: str = "streaming",
     num_steps: int | None = None,
     loader: str = DEFAULT_LOADER,
@@ -202,6 +255,7 @@ def build_repository(
     spare_slots: int | None = None,
     idle_timeout_s: float = 60.0,
     session_mode: str = "few_step",
+    cuda_available: bool | None = None,
 ) -> Path:
     """Write the models of ``models`` serving ``bundle_dir`` into ``repo_dir``; return repo_dir.
 
@@ -209,10 +263,14 @@ def build_repository(
         model_name: base name: ``<name>`` (stream), ``<name>_video`` (whole video), ``<name>_session``.
         max_frames: raw-frame cap of the decoupled model (default: a minute of video at the bundle's fps).
         max_video_frames: raw-frame cap of the whole-video (HTTP) model: its response holds every frame.
-        device: ``cpu`` / ``cuda[:i]`` / ``auto``; decides the instance-group kind too.
+        device: ``cpu`` / ``cuda[:i]`` / ``auto`` / None (the bundle decides); decides the instance-group
+            kind too (see ``placement``: a quantized bundle is served where it was built).
+        cuda_available: whether this host has CUDA (None: ask torch); only ``placement`` reads it.
         instance_count: instances per model (each loads the bundle; on CPU one saturates the cores).
-        max_sessions: live sessions per session-model instance.
-        spare_slots: Triton sequence slots beyond ``max_sessions`` (default ``max(2, max_sessions)``).
+        max_sessions: live sessions per session-model instance; the server holds
+            ``instance_count * max_sessions``.
+        spare_slots: Triton sequence slots per instance beyond ``max_sessions`` (default
+            ``max(2, max_sessions)``).
         idle_timeout_s: a session idle this long is dropped (Triton's idle limit is set a little longer).
         session_mode: ``few_step`` (distilled student) or ``streaming`` for sessions that name no MODE.
         project_root: where the adapters find the ``serving``/``model`` packages ("" = installed ones).
@@ -249,8 +307,8 @@ def build_repository(
                          f"refused instead of evicting a live session), got {spare_slots}")
     if not idle_timeout_s > 0:
         raise ValueError(f"idle_timeout_s must be > 0, got {idle_timeout_s}")
-    device = resolve_device(device)
     info = _bundle_info(bundle_dir)
+    device = placement(bundle_dir, device, cuda_available)
     h, w = info.height, info.width
 
     common = {
@@ -273,7 +331,9 @@ def build_repository(
     if "session" in models:
         name = model_name + SUFFIX["session"]
         # fps and chunk sizes are for clients (get_model_config), so they can turn a timeline into chunks.
-        params = {**common, "max_sessions": str(max_sessions), "idle_timeout_s": repr(float(idle_timeout_s)),
+        params = {**common, "max_sessions": str(max_sessions), "instance_count": str(instance_count),
+                  "max_live_sessions": str(instance_count * max_sessions),
+                  "idle_timeout_s": repr(float(idle_timeout_s)),
                   "session_mode": session_mode, "fps": repr(info.fps),
                   "first_chunk_poses": str(info.first_chunk_poses), "chunk_poses": str(info.chunk_poses)}
         # Triton forgets an idle sequence a little after the model drops it: a late request then gets the

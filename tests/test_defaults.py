@@ -18,6 +18,9 @@ CLI_DEFAULTS = {
     ("components.distill", "teacher_steps"): "distill.teacher_steps",
     ("components.evaluate", "num_clips"): "evaluate.num_clips",
     ("components.vae", "lr"): "vae.lr",
+    ("components.deploy", "device"): "deploy.device",
+    ("components.deploy", "instance_count"): "deploy.instance_count",
+    ("components.deploy", "max_sessions_per_instance"): "deploy.max_sessions_per_instance",
 }
 STEPS = ("ingest", "vae", "train", "distill", "quantize", "evaluate", "register", "deploy")
 

@@ -1,6 +1,7 @@
 """Serve a registered model version with a real Triton server, smoke-test it, promote it to production.
 
     python -m components.deploy --model-uri models:/NAME@candidate --repo DIR --outputs DIR
+        [--device auto] [--instance-count 1] [--max-sessions-per-instance 4]
         [--keep-serving] [--port 0] [--alias production] [--tracking-uri URI] [--parent-run-id ID]
 
 Steps: resolve the URI to one version -> download it -> ``serving.triton_repo.build_repository`` (the
@@ -9,6 +10,10 @@ repository points at ``<outputs>/bundle``, the exact registered bundle) -> ``ser
 ``trajectory.npz``; a forward walk from a flat grey frame when the version has none) -> on success set the
 alias, write ``video.mp4``, ``contact_sheet.png`` and ``smoke.json`` -> stop the server unless
 ``--keep-serving`` (then it runs until Ctrl-C).
+
+Placement and capacity come from ``params.yaml`` (``deploy.*``) unless given: the device (a quantized
+bundle is served where it was built; a CUDA-built one is refused on a host without CUDA before any server
+starts), instances per model and live sessions per session-model instance.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from components.common.defaults import default
 from components.common.tracking import add_tracking_args, logger_from_args
 from model.atomic import atomic_dir
 from model.cli import HelpFormatter
@@ -75,8 +81,11 @@ def smoke_request(example: Path | None, config: dict) -> tuple[np.ndarray, np.nd
 
 
 def deploy(model_uri: str, repo: Path, outputs: Path, logger, alias: str = "production",
-           keep_serving: bool = False, port: int = 0, seed: int = 0) -> dict:
-    """Run the whole deploy (module docstring); returns the smoke summary written to ``smoke.json``."""
+           keep_serving: bool = False, port: int = 0, seed: int = 0, device: str | None = None,
+           instance_count: int = 1, max_sessions: int = 4) -> dict:
+    """Run the whole deploy (module docstring); returns the smoke summary written to ``smoke.json``.
+
+    ``device``/``instance_count``/``max_sessions`` (per session instance) go to ``build_repository``."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -103,7 +112,8 @@ def deploy(model_uri: str, repo: Path, outputs: Path, logger, alias: str = "prod
                                            json.loads((tmp / "bundle" / "config.json").read_text()))
         shutil.rmtree(tmp / ".download")
     # The repository names the bundle by absolute path, so build it after the bundle reached its place.
-    build_repository(outputs / "bundle", repo)
+    build_repository(outputs / "bundle", repo, device=device, instance_count=instance_count,
+                     max_sessions=max_sessions)
     server = TritonServer(repo, http_port=port, log_file=outputs / "triton.log").start()
     try:
         t0 = time.perf_counter()
@@ -143,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-serving", action="store_true", help="leave Triton running after the smoke request")
     ap.add_argument("--port", type=int, default=0, help="HTTP port on 127.0.0.1 (0 = a free one)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the smoke request")
+    ap.add_argument("--device", default=default("deploy.device"),
+                    help="auto | cpu | cuda[:i] (a quantized bundle must be served where it was built)")
+    ap.add_argument("--instance-count", type=int, default=default("deploy.instance_count"),
+                    help="Triton instances per model (each loads the bundle)")
+    ap.add_argument("--max-sessions-per-instance", type=int, default=default("deploy.max_sessions_per_instance"),
+                    help="live sessions one session-model instance holds (the server: instances x this)")
     add_tracking_args(ap)
     args = ap.parse_args(argv)
     if not args.tracking_uri:
@@ -153,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         args.tracking_uri = os.environ.get(ENV_TRACKING_URI) or default_tracking_uri()
     with logger_from_args(args, "deploy") as logger:
         smoke = deploy(args.model_uri, args.repo, args.outputs, logger, args.alias, args.keep_serving,
-                       args.port, args.seed)
+                       args.port, args.seed, device=args.device, instance_count=args.instance_count,
+                       max_sessions=args.max_sessions_per_instance)
     print(json.dumps(smoke, indent=2, sort_keys=True))
     return 0
 

@@ -1,6 +1,11 @@
 """Quantized bundles: the unquantized bundle (``save_pretrained``, so any reader can still load the base
-weights) plus ``quant/``: ``quant.json`` (mode, hadamard, seed) and ``modelopt.pth`` (``mto.save``).
-``load_quantized`` rebuilds the exact quantized module tree from it; ``load_bundle`` reads either kind.
+weights) plus ``quant/``: ``quant.json`` (mode, hadamard, seed, and ``built_on``: the device kind the
+network was quantized on) and ``modelopt.pth`` (``mto.save``). ``load_quantized`` rebuilds the exact
+quantized module tree from it; ``load_bundle`` reads either kind.
+
+Why ``built_on``: a CUDA-built tree uses ModelOpt's NVFP4 kernels, whose forward asserts CUDA; a CPU-built
+tree names the fake-quant backend (``nvfp4.BACKEND``), the slow reference. A bundle is therefore served
+on the device kind it was built on (``serving.triton_repo`` places its Triton instances there).
 """
 
 from __future__ import annotations
@@ -24,7 +29,10 @@ from model.quant.nvfp4 import (
     save_quantized,
 )
 
-__all__ = ["QuantSpec", "build_quantized", "load_bundle", "load_quantized", "prepare", "save_quantized_bundle"]
+__all__ = ["BUILD_DEVICES", "QuantSpec", "build_device", "build_quantized", "load_bundle", "load_quantized", "prepare",
+           "save_quantized_bundle"]
+
+BUILD_DEVICES = ("cpu", "cuda")  # device kinds a quantized bundle can be built (and so served) on
 
 
 @dataclass(frozen=True)
@@ -60,20 +68,47 @@ def save_quantized_bundle(pipe: Any, qnet: nn.Module, spec: QuantSpec, out: str 
     qdir = out / "quant"
     qdir.mkdir(exist_ok=True)
     save_quantized(qnet, str(qdir / "modelopt.pth"))
-    write_json(qdir / "quant.json", asdict(spec))
+    built_on = "cuda" if any(p.is_cuda for p in qnet.parameters()) else "cpu"
+    write_json(qdir / "quant.json", {**asdict(spec), "built_on": built_on})
     return out
 
 
-def load_quantized(bundle: str | Path) -> Any:
-    """``WorldModelPipeline`` whose network is the restored NVFP4 module tree of a quantized bundle."""
+def _quant_record(bundle: Path) -> dict[str, Any] | None:
+    qj = bundle / "quant" / "quant.json"
+    return json.loads(qj.read_text()) if qj.is_file() else None
+
+
+def build_device(bundle: str | Path) -> str | None:
+    """Device kind (``cpu`` | ``cuda``) a quantized bundle was built on; None for a plain bundle.
+
+    Bundles written before the record existed count as ``cpu``: the quantize step then always built on
+    the CPU (it loads the model with ``from_pretrained``'s default device)."""
+    record = _quant_record(Path(bundle))
+    if record is None:
+        return None
+    kind = record.get("built_on", "cpu")
+    if kind not in BUILD_DEVICES:
+        raise ValueError(f"{Path(bundle) / 'quant' / 'quant.json'}: built_on must be one of {BUILD_DEVICES}, "
+                         f"got {kind!r}")
+    return kind
+
+
+def load_quantized(bundle: str | Path, device: str = "cpu") -> Any:
+    """``WorldModelPipeline`` on ``device`` whose network is the restored NVFP4 module tree of a quantized
+    bundle; ``ValueError`` when ``device`` is not the kind the bundle was built on (see the module doc)."""
     from model.pipeline import WorldModelPipeline
 
     d = Path(bundle)
-    qj = d / "quant" / "quant.json"
-    if not qj.exists():
-        raise FileNotFoundError(f"{str(d)!r} is not a quantized bundle: {qj} is missing")
-    spec = QuantSpec(**json.loads(qj.read_text()))
-    pipe = WorldModelPipeline.from_pretrained(d)
+    record = _quant_record(d)
+    if record is None:
+        raise FileNotFoundError(f"{str(d)!r} is not a quantized bundle: {d / 'quant' / 'quant.json'} is missing")
+    spec = QuantSpec(**{k: v for k, v in record.items() if k != "built_on"})
+    built_on, kind = build_device(d), str(device).split(":")[0]
+    if kind != built_on:
+        raise ValueError(f"quantized bundle {str(d)!r} was built on {built_on} and is served there, not on "
+                         f"{device!r}" + (" (its ModelOpt NVFP4 kernels need CUDA)" if built_on == "cuda" else
+                                          " (it holds the CPU fake-quant reference; quantize on CUDA for GPU serving)"))
+    pipe = WorldModelPipeline.from_pretrained(d, device=device)
     net = prepare(pipe.network, spec)
     pipe.network = restore_quantized(net, str(d / "quant" / "modelopt.pth")).eval()
     return pipe
@@ -86,7 +121,7 @@ def load_bundle(bundle: str | Path, device: str = "cpu") -> Any:
     from model.pipeline import WorldModelPipeline
 
     if (Path(bundle) / "quant" / "quant.json").exists():
-        return load_quantized(bundle)
+        return load_quantized(bundle, device=device)
     return WorldModelPipeline.from_pretrained(bundle, device=device)
 
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import locale
 import sys
+import traceback
 from functools import partial
+from typing import Any
 
 try:
     locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
@@ -42,6 +44,28 @@ def setup(args: dict, exception_type: type[Exception]) -> dict[str, str]:
     return params
 
 
+def load_predictor(args: dict, exception_type: type[Exception]) -> tuple[Any, type[Exception]]:
+    """The one-shot adapters' start-up: (this instance's ``serving.predictor.Predictor``, ``RequestError``)."""
+    params = setup(args, exception_type)
+    from serving.predictor import Predictor, RequestError
+
+    return Predictor(params["bundle_dir"], **predictor_kwargs(params)), RequestError
+
+
+def error_for(err: Exception, request_error: type[Exception], logger: Any) -> Any:
+    """The ``pb_utils.TritonError`` a one-shot request that raised ``err`` is answered with.
+
+    ``request_error`` (the client's fault) -> INVALID_ARG, which makes the HTTP status 400 instead of 500;
+    anything else is a model bug: logged with its traceback, answered as an internal error, and the
+    server keeps serving the other requests."""
+    import triton_python_backend_utils as pb_utils
+
+    if isinstance(err, request_error):
+        return pb_utils.TritonError(f"bad request: {err}", pb_utils.TritonError.INVALID_ARG)
+    logger.log_error(f"generation failed: {traceback.format_exc()}")
+    return pb_utils.TritonError(f"internal error: {type(err).__name__}: {err}")
+
+
 def predictor_kwargs(params: dict[str, str], max_frames_key: str = "max_frames") -> dict:
     """Predictor keyword arguments from the model parameters."""
     num_steps = params.get("num_steps", "")
@@ -65,11 +89,8 @@ def input_array(request, name: str):
 
 
 def read_request(request) -> dict:
-    """Predictor keyword arguments from a one-shot request's tensors (absent optional inputs -> None)."""
-    get = partial(input_array, request)
+    """Predictor keyword arguments (``VideoRequest`` fields) from a one-shot request's tensors (absent
+    optional inputs -> None)."""
+    from serving.request import fields_from_wire
 
-    mode = get("MODE")
-    if mode is not None:
-        mode = mode.reshape(-1)[0]  # BYTES arrive as an object array of bytes
-    return {"image": get("IMAGE"), "c2w": get("C2W"), "intrinsics": get("INTRINSICS"), "seed": get("SEED"),
-            "num_frames": get("NUM_FRAMES"), "mode": mode}
+    return fields_from_wire(partial(input_array, request))

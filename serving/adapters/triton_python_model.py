@@ -12,7 +12,6 @@ decoupled gRPC model (triton_stream_model.py), which sends each chunk as it is d
 from __future__ import annotations
 
 import time
-import traceback
 
 import sana_wm_bootstrap
 import triton_python_backend_utils as pb_utils
@@ -22,11 +21,7 @@ class TritonPythonModel:
     """One Predictor per model instance; one response per request, errors per request."""
 
     def initialize(self, args: dict) -> None:
-        params = sana_wm_bootstrap.setup(args, pb_utils.TritonModelException)
-        from serving.predictor import Predictor, RequestError
-
-        self._request_error = RequestError
-        self.predictor = Predictor(params["bundle_dir"], **sana_wm_bootstrap.predictor_kwargs(params))
+        self.predictor, self._request_error = sana_wm_bootstrap.load_predictor(args, pb_utils.TritonModelException)
         self.logger = pb_utils.Logger
 
     def execute(self, requests: list) -> list:
@@ -38,14 +33,9 @@ class TritonPythonModel:
                 self.logger.log_info(f"generated {video.shape} in {time.perf_counter() - start:.2f} s")
                 out = pb_utils.Tensor("VIDEO", video)
                 responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
-            except self._request_error as err:
-                # INVALID_ARG makes the HTTP status 400 (client's fault) instead of 500.
-                error = pb_utils.TritonError(f"bad request: {err}", pb_utils.TritonError.INVALID_ARG)
+            except Exception as err:  # noqa: BLE001 - this request gets the error; the server keeps serving
+                error = sana_wm_bootstrap.error_for(err, self._request_error, self.logger)
                 responses.append(pb_utils.InferenceResponse(error=error))
-            except Exception as err:  # noqa: BLE001 - a model bug answers this request; the server keeps serving
-                self.logger.log_error(f"generation failed: {traceback.format_exc()}")
-                responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"internal error: {type(err).__name__}: {err}")))
         return responses
 
     def finalize(self) -> None:

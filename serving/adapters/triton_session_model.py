@@ -1,7 +1,9 @@
 """Triton Python-backend adapter of the stateful session model ``<name>_session``.
 
 Sequence batching (config.pbtxt): control inputs START / END (bool as FP32 0/1) and CORRID (UINT64), the
-oldest strategy with ``max_candidate_sequences`` = live-session limit + spare slots, max_batch_size 0.
+oldest strategy with ``max_candidate_sequences`` = live-session limit + spare slots (both per instance),
+max_batch_size 0. Parameters ``max_sessions`` (per instance), ``instance_count`` and their product
+``max_live_sessions`` say how many sessions the server holds.
 Triton's implicit state is not available to Python-backend models, so sessions live here, in a
 ``serving.session.SessionManager`` keyed by the correlation id.
 
@@ -57,10 +59,14 @@ class TritonPythonModel:
         device = params.get("device", "cpu")
         pipeline = resolve_loader(params["loader"])(params["bundle_dir"], device=device)
         num_steps = params.get("num_steps", "")
-        self.manager = SessionManager(pipeline, max_sessions=int(params["max_sessions"]),
+        # Each instance is its own stub process holding its own sessions: the limit is per instance.
+        per_instance, instances = int(params["max_sessions"]), int(params.get("instance_count", "1"))
+        note = (f"per instance; {instances} instances hold {per_instance * instances} in all"
+                if instances > 1 else "")
+        self.manager = SessionManager(pipeline, max_sessions=per_instance,
                                       idle_timeout_s=float(params["idle_timeout_s"]),
                                       default_mode=params.get("session_mode", "few_step"),
-                                      num_steps=int(num_steps) if num_steps else None)
+                                      num_steps=int(num_steps) if num_steps else None, limit_note=note)
         self.logger = pb_utils.Logger
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap_loop, name="session-reaper", daemon=True)

@@ -14,7 +14,6 @@ minute of video. Decoupled models answer only over gRPC streams (``stream_infer`
 from __future__ import annotations
 
 import time
-import traceback
 
 import numpy as np
 import sana_wm_bootstrap
@@ -23,11 +22,7 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        params = sana_wm_bootstrap.setup(args, pb_utils.TritonModelException)
-        from serving.predictor import Predictor, RequestError
-
-        self._request_error = RequestError
-        self.predictor = Predictor(params["bundle_dir"], **sana_wm_bootstrap.predictor_kwargs(params))
+        self.predictor, self._request_error = sana_wm_bootstrap.load_predictor(args, pb_utils.TritonModelException)
         self.logger = pb_utils.Logger
 
     def execute(self, requests: list) -> None:
@@ -44,13 +39,9 @@ class TritonPythonModel:
                         pb_utils.Tensor("VIDEO", video), pb_utils.Tensor("CHUNK_INDEX", np.array([k], np.int32))]))
                 self.logger.log_info(f"streamed {frames} frames in {time.perf_counter() - start:.2f} s")
                 sender.send(flags=final)
-            except self._request_error as err:
-                error = pb_utils.TritonError(f"bad request: {err}", pb_utils.TritonError.INVALID_ARG)
+            except Exception as err:  # noqa: BLE001 - this stream ends with the error; the server keeps serving
+                error = sana_wm_bootstrap.error_for(err, self._request_error, self.logger)
                 sender.send(pb_utils.InferenceResponse(error=error), flags=final)
-            except Exception as err:  # noqa: BLE001 - a model bug ends this stream; the server keeps serving
-                self.logger.log_error(f"generation failed: {traceback.format_exc()}")
-                sender.send(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"internal error: {type(err).__name__}: {err}")), flags=final)
 
     def finalize(self) -> None:
         self.predictor = None

@@ -111,3 +111,20 @@ def test_serving_and_evaluation_load_the_quantized_network(setup, tmp_path):
     plain = tmp_path / "plain"
     pipe.save_pretrained(plain)
     assert not enabled_quantizers(load_pipeline(plain).network)
+
+
+def test_quantized_bundle_records_where_it_was_built_and_is_served_there(setup, tmp_path):
+    """Built on the CPU (the fake-quant reference): recorded, placed on KIND_CPU, refused elsewhere."""
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from model.quant.bundle import build_device, load_bundle
+    from serving.triton_repo import build_repository, read_model_config
+
+    pipe, calib, _, _, _, qnets, _ = setup
+    out = save_quantized_bundle(pipe, qnets["qkv"], QuantSpec("qkv"), tmp_path / "qb", {})
+    assert build_device(out) == "cpu" and build_device(tmp_path / "qb" / "network") is None
+    repo = build_repository(out, tmp_path / "repo", models=("session",), device="auto", cuda_available=True)
+    cfg = read_model_config(repo / "sana_wm_session")
+    assert [g.kind for g in cfg.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
+    with pytest.raises(ValueError, match="was built on cpu and is served there, not on 'cuda'"):
+        load_bundle(out, device="cuda")  # refused before any weight is read

@@ -38,3 +38,21 @@ def trajectory():
     """MAX_FRAMES + 4 poses walking forward while yawing (more poses than any request uses)."""
     return trajectory_from_actions("w 1s; q 1s", fps=TINY.fps, K=default_intrinsics(H, W),
                                    num_frames=MAX_FRAMES + 4)
+
+
+def assert_starts_refused(grpc_url: str, image: np.ndarray, match: str, times: int = 3) -> None:
+    """``times`` STARTs on a full session model are each refused at once with an error matching ``match``
+    (more than the spare Triton slots: each refusal must release the slot it took)."""
+    import time
+
+    from tritonclient.utils import InferenceServerException
+
+    from serving.client import SessionClient
+
+    for _ in range(times):
+        extra = SessionClient(grpc_url)
+        t0 = time.monotonic()
+        with pytest.raises(InferenceServerException, match=match):
+            extra.start(image, action="w")
+        assert time.monotonic() - t0 < 5  # answered at once, not queued behind the live sessions
+        extra.close()

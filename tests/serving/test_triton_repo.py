@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ast
+import shutil
 
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from serving.adapters import BOOTSTRAP, PYTHON_MODEL_TEMPLATE, SESSION_MODEL_TEMPLATE, STREAM_MODEL_TEMPLATE
-from serving.triton_repo import build_repository, read_model_config
+from serving.triton_repo import PlacementError, build_repository, placement, read_model_config
 from tests.serving.conftest import H, W
 
 
@@ -113,3 +114,74 @@ def test_bad_arguments_are_named(bundle, tmp_path):
         build_repository(bundle_dir, tmp_path / "repo", device="tpu")
     with pytest.raises(ValueError, match="models must be"):
         build_repository(bundle_dir, tmp_path / "repo", models=("ensemble",))
+
+
+def test_session_limit_is_per_instance_and_slots_stay_above_it(bundle, tmp_path):
+    repo = build_repository(bundle[0], tmp_path / "r", models=("session",), instance_count=3, max_sessions=2,
+                            spare_slots=1)
+    cfg = read_model_config(repo / "sana_wm_session")
+    assert [(g.kind, g.count) for g in cfg.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 3)]
+    # max_candidate_sequences counts per instance, as the per-instance session limit does
+    assert cfg.sequence_batching.oldest.max_candidate_sequences == 2 + 1
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert (params["max_sessions"], params["instance_count"], params["max_live_sessions"]) == ("2", "3", "6")
+
+
+# --- placement: a quantized bundle is served where it was built --------------------------------------
+
+def _quantized(bundle_dir, tmp_path, built_on):
+    """A copy of the tiny bundle with the quantize step's ``quant/quant.json`` (config generation reads
+    only that record, never the ModelOpt weights). ``built_on=None``: a bundle from before the record."""
+    from model.atomic import write_json
+
+    out = tmp_path / f"q-{built_on}"
+    shutil.copytree(bundle_dir, out)
+    record = {"mode": "qkv", "hadamard": False, "seed": 0}
+    write_json(out / "quant" / "quant.json", record if built_on is None else {**record, "built_on": built_on})
+    return out
+
+
+def _placed(repo):
+    cfg = read_model_config(repo / "sana_wm_session")
+    return [(g.kind, list(g.gpus)) for g in cfg.instance_group], cfg.parameters["device"].string_value
+
+
+@pytest.mark.parametrize("built_on", ["cpu", None])
+def test_cpu_built_nvfp4_bundle_is_served_on_cpu_instances(bundle, tmp_path, built_on):
+    q = _quantized(bundle[0], tmp_path, built_on)
+    for device in (None, "auto", "cpu"):  # even on a host with CUDA, "auto" keeps the CPU reference there
+        repo = build_repository(q, tmp_path / f"r-{device}", models=("session",), device=device, cuda_available=True)
+        assert _placed(repo) == ([(mc.ModelInstanceGroup.KIND_CPU, [])], "cpu")
+    with pytest.raises(PlacementError, match="was built on cpu and is served where it was built, not on "
+                                             "device='cuda'"):
+        build_repository(q, tmp_path / "r-gpu", device="cuda", cuda_available=True)
+    assert not (tmp_path / "r-gpu").exists()  # refused before anything was written
+
+
+def test_cuda_built_nvfp4_bundle_gets_gpu_instances_on_a_cuda_host(bundle, tmp_path):
+    q = _quantized(bundle[0], tmp_path, "cuda")
+    repo = build_repository(q, tmp_path / "r", models=("session",), cuda_available=True)
+    assert _placed(repo) == ([(mc.ModelInstanceGroup.KIND_GPU, [])], "cuda")
+    repo = build_repository(q, tmp_path / "r1", models=("session",), device="cuda:1", cuda_available=True)
+    assert _placed(repo) == ([(mc.ModelInstanceGroup.KIND_GPU, [1])], "cuda:1")
+    with pytest.raises(PlacementError, match="built on cuda .* not on device='cpu'"):
+        build_repository(q, tmp_path / "r2", device="cpu", cuda_available=True)
+
+
+def test_cuda_built_nvfp4_bundle_is_refused_on_a_host_without_cuda(bundle, tmp_path):
+    q = _quantized(bundle[0], tmp_path, "cuda")
+    for device in (None, "auto", "cuda"):
+        with pytest.raises(PlacementError, match="was built on CUDA .* this host has no CUDA device"):
+            build_repository(q, tmp_path / "r", device=device, cuda_available=False)
+    assert not (tmp_path / "r").exists()
+    import torch
+
+    if not torch.cuda.is_available():  # the real probe on this host gives the same answer
+        with pytest.raises(PlacementError, match="this host has no CUDA device"):
+            placement(q)
+
+
+def test_an_unknown_build_record_is_named(bundle, tmp_path):
+    q = _quantized(bundle[0], tmp_path, "tpu")
+    with pytest.raises(ValueError, match="built_on must be one of .*'tpu'"):
+        build_repository(q, tmp_path / "r")
