@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 STEPS = ("ingest", "annotate", "vae", "train", "distill", "quantize", "evaluate", "register", "deploy")
 TINY_PARAMS = {"preset": "tiny", "ingest": {"num_clips": 3, "seed": 0, "height": 64, "width": 64, "frames": 17},
                "heldout": {"num_clips": 1, "frames": 37, "holdout_kinds": "turn"}, "vae": {"steps": 3, "lr": 0.0005},
-               "train": {"steps": 2, "init": ""}, "distill": {"ode_steps": 4, "dmd_steps": 1, "teacher_steps": 4}, "evaluate": {"num_clips": 1}, "register": {"model_name": "sana-wm-tiny"},
+               "train": {"steps": 2, "lr": 0.0, "init": ""}, "distill": {"ode_steps": 4, "dmd_steps": 1, "teacher_steps": 4}, "evaluate": {"num_clips": 1}, "register": {"model_name": "sana-wm-tiny"},
                "deploy": {"device": "auto", "instance_count": 1, "max_sessions_per_instance": 4}}
 
 
