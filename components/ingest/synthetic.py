@@ -570,7 +570,7 @@ def generate_dataset(
     for i in tqdm(range(num_clips), desc="synthetic clips", unit="clip", disable=not progress):
         entropy = [seed, i] if split == "train" else [seed, i, HELDOUT_STREAM]
         clip_seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
-        spec = ClipSpec(kind=kinds[i % len(kinds)], speed=speeds[(i + i // len(kinds)) % len(speeds)],
+        spec = ClipSpec(kind=kinds[i % len(kinds)], speed=speeds[(i % len(kinds) + i // len(kinds)) % len(speeds)],
                         num_frames=num_frames, fps=float(fps), height=height, width=width, seed=clip_seed)
         clip_id = f"{'syn' if split == 'train' else 'heldout'}{seed}-{i:05d}"
         video, npz = write_clip(render_clip(spec), out, clip_id)

@@ -179,3 +179,16 @@ def test_holdout_kinds_that_leave_no_training_kind_are_a_clear_error(tmp_path, c
     assert run(ingest_main, ["--synthetic", "1", "--kinds", "turn", "--holdout-kinds", "turn", "--no-progress",
                              "--out", str(tmp_path)]) == EXIT_INPUT_ERROR
     assert "leave no trajectory kind for training" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("holdout", [(), ("turn",)])
+def test_every_training_kind_appears_at_both_speeds(tmp_path, holdout):
+    # With 5 training kinds (6 minus one held out) the old speed rule gave each kind one speed only.
+    from components.ingest.synthetic import generate_dataset
+
+    rows = generate_dataset(tmp_path / "d", 12, seed=0, height=8, width=8, num_frames=1, progress=False,
+                            holdout_kinds=holdout)
+    speeds = {}
+    for r in rows:
+        speeds.setdefault(r["kind"], set()).add(r["speed"])
+    assert all(s == {"slow", "fast"} for s in speeds.values()), speeds
