@@ -55,7 +55,7 @@ pretrain: setup  ## regenerate the base checkpoint assets/base/PRESET (see compo
 # One OpenMP thread: the tests run tiny models, where thread start-up costs more than it saves, and
 # several of them start subprocesses (Triton, KFP tasks) that would otherwise oversubscribe 2 cores.
 test: setup  ## the test suite CI runs (slow cases included)
-	OMP_NUM_THREADS=1 $(VPY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(VPY) -m pytest -q --durations=15 tests
 
 test-fast: setup  ## everything but the slow cases
 	OMP_NUM_THREADS=1 $(VPY) -m pytest -q -m "not slow" tests
