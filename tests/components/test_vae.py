@@ -103,11 +103,10 @@ def test_latents_are_normalised_and_stats_survive_save_load(fitted, clips, tmp_p
     z = vae.encode(px)  # (B,C,3,4,4)
     flat = z.transpose(0, 1).reshape(z.shape[1], -1)
     std, mean = flat.std(1), flat.mean(1)
-    # per-channel statistics (the fit's own clips): every channel ~unit std, though the PCA channels'
-    # raw scales differ by an order of magnitude
-    assert torch.all((std > 0.5) & (std < 1.6)), std
-    raw = torch.tensor(r["latents_std"])
-    assert raw[0] > 2 * raw[-1] and float(raw.min()) != 1.0  # replaced, per channel
+    # "patch" layout: one pooled std (PCA channels keep their relative scale), overall ~unit RMS
+    assert 0.6 < float(flat.pow(2).mean().sqrt()) < 1.6, flat.pow(2).mean().sqrt()
+    assert std[0] > 2 * std[-1]  # ordered by variance, not equalised
+    assert len(set(r["latents_std"])) == 1 and r["latents_std"][0] != 1.0  # replaced, pooled
     assert torch.all(mean.abs() < 0.75), mean
     # LTX-2 keeps them as persistent buffers, so a saved VAE encodes to the same normalised latents
     vae.save_to(tmp_path / "vae")
