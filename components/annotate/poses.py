@@ -123,7 +123,8 @@ class PoseResult:
     intrinsics (N,3,3) float64; fps; confidence float in [0,1]; registered (N,) bool (False: the pose was
     propagated/interpolated, not solved, and unregistered_reason says why; "" where registered);
     intrinsics_source "given" | "self_calibrated_sfm" | "self_calibrated_rotation" | "default_fov";
-    focal_confidence in [0,1] (1 when given, 0 for the default FOV); shot_starts: frames that start a shot
+    focal_confidence in [0,1] (1 when given, 0 for the default FOV); scale_source "sensor_depth" |
+    "monocular_depth" (a `DepthModel`) | "none" (scale-free, ``metric`` False); shot_starts: frames that start a shot
     (poses of each shot are relative to its first frame); diagnostics: counts, reprojection RMSE,
     per-frame inlier ratios and confidence, per-shot model and focal sigma.
     """
@@ -136,6 +137,7 @@ class PoseResult:
     metric: bool
     intrinsics_source: str = "given"
     focal_confidence: float = 1.0
+    scale_source: str = "none"
     unregistered_reason: list[str] = field(default_factory=list)
     shot_starts: list[int] = field(default_factory=lambda: [0])
     diagnostics: dict[str, Any] = field(default_factory=dict)
@@ -290,7 +292,9 @@ def estimate_poses(
                for r in vo.registered]
     return PoseResult(
         c2w=c2w, intrinsics=K, fps=float(fps), confidence=confidence, registered=vo.registered.copy(),
-        metric=metric, intrinsics_source=source, focal_confidence=f_conf, unregistered_reason=reasons,
+        metric=metric, intrinsics_source=source, focal_confidence=f_conf,
+        scale_source="sensor_depth" if depth is not None else "monocular_depth" if depth_model is not None else "none",
+        unregistered_reason=reasons,
         diagnostics=diag,
     )
 
@@ -318,6 +322,6 @@ def _scale_free_result(gray: np.ndarray, fps: float, K: np.ndarray | None, cfg: 
     return PoseResult(
         c2w=sf.c2w, intrinsics=Kout, fps=float(fps), confidence=float(np.clip(reg_frac * c_rep, 0, 1)),
         registered=sf.registered, metric=False, intrinsics_source=main["focal_source"],
-        focal_confidence=float(main["focal_confidence"]), unregistered_reason=sf.reasons,
+        focal_confidence=float(main["focal_confidence"]), scale_source="none", unregistered_reason=sf.reasons,
         shot_starts=sf.shot_starts, diagnostics=diag,
     )
