@@ -39,6 +39,7 @@ from components.annotate.depth import DepthModel
 from components.annotate.geometry import default_intrinsics, project
 from components.annotate.odometry import KeyframeVO
 from components.annotate.scale_free import scale_free_poses
+from components.annotate.tracks import normalize_gray
 
 __all__ = ["PoseEstimatorConfig", "PoseResult", "default_intrinsics", "estimate_poses"]
 
@@ -50,7 +51,15 @@ class PoseEstimatorConfig:
     max_corners: int = 500  # features per keyframe (new ones fill in around live tracks)
     quality_level: float = 0.005
     min_distance: int = 8  # px between corners: spreads them over the image for better-conditioned PnP
+    # Corner buckets (cols, rows), each capped at max_corners / cells: no one high-contrast region (a moving
+    # object) may take most of the tracks (see tracks.detect_corners). None: strongest corners anywhere.
+    corner_grid: tuple[int, int] | None = (8, 5)
     klt_window: int = 21
+    # Tracking input (tracks.normalize_gray): per-frame grey standardisation (exposure changes, low
+    # contrast) to this standard deviation, and a Gaussian pre-smoothing sigma (px; 0 = off) against noise.
+    normalize_gray: bool = True
+    normalize_std: float = 48.0
+    track_presmooth_sigma: float = 0.0
     klt_levels: int = 3
     fb_max_px: float = 0.8  # forward-backward KLT error above which a track is dropped
     # Re-align tracks to their birth patch (removes KLT drift). None = on when a depth source anchors the
@@ -100,11 +109,26 @@ class PoseEstimatorConfig:
     # older sequential VO (kept for comparison; the issue measured it 2-100x worse than COLMAP scale-free).
     scale_free_backend: str = "sfm"
     refine_principal_point: bool = False  # only where the data supports it: off unless asked
+    # Moving objects (tracks.inconsistent_tracks): drop tracks that disagree with the dominant two-view
+    # geometry before self-calibration and mapping (scale-free path).
+    reject_dynamic_tracks: bool = True
+    dynamic_offsets: tuple[int, ...] = (4, 8, 16)  # window lengths (frames): long ones give parallax
+    dynamic_anchor_step: int = 2
+    dynamic_min_shared: int = 30
+    dynamic_per_cell: int = 3  # tracks per corner_grid cell in each window's model fit (spatial balance)
+    dynamic_epipolar_px: float = 1.0
+    dynamic_h_f_ratio: float = 0.8  # COLMAP's max_H_inlier_ratio: above it a pair is rotation/planar-dominant
+    dynamic_max_reject: float = 0.5
+    # Self-calibrated SfM focal is trusted only with a relative sigma below this and a field of view in
+    # [10, 170] degrees; otherwise the shot is re-mapped with the default FOV held fixed (flagged default_fov).
+    focal_max_sigma_rel: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("max_corners", "klt_window", "klt_levels", "min_pnp_inliers", "keyframe_max_gap"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"PoseEstimatorConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.corner_grid is not None and (len(self.corner_grid) != 2 or min(self.corner_grid) < 1):
+            raise ValueError(f"PoseEstimatorConfig.corner_grid must be None or (cols, rows) >= 1, got {self.corner_grid}")
         if not 0.0 < self.keyframe_track_ratio <= 1.0:
             raise ValueError(f"PoseEstimatorConfig.keyframe_track_ratio must be in (0,1], got {self.keyframe_track_ratio}")
         if self.scale_free_backend not in ("sfm", "vo"):
@@ -236,6 +260,8 @@ def estimate_poses(
         cfg = replace(cfg, klt_refine_from_birth=not scale_free)
     n, h, w, _ = frames.shape
     gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
+    if cfg.normalize_gray:
+        gray = normalize_gray(gray, cfg)
     if scale_free and cfg.scale_free_backend == "sfm":
         return _scale_free_result(gray, fps, K, cfg)
     source, f_conf, calib = "given", 1.0, {}
