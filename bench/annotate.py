@@ -156,7 +156,7 @@ def _rows_real_footage(args) -> list[dict]:
             continue
         for cond in args.conditions:
             spec = ClipSpec(kind=kind, speed=args.speed, num_frames=args.frames, fps=args.fps, height=args.height,
-                            width=args.width, seed=args.seed + 10 * ki)
+                            width=args.width, seed=args.seed + 10 * ki, fov_deg=args.fov)
             clip = render_clip(spec)
             frames_in = clip.frames if cond == "clean" else degrade(clip.frames, args.seed + ki)
             f_true = float(clip.intrinsics[0, 0, 0])
@@ -168,12 +168,16 @@ def _rows_real_footage(args) -> list[dict]:
                                      config=PoseEstimatorConfig(colmap_mapper=args.mapper))
                 t_ours = time.perf_counter() - t0
                 f_ours = float(res.intrinsics[0, 0, 0])
-                row = {"kind": kind, "condition": cond, "speed": args.speed,
+                row = {"kind": kind, "condition": cond, "speed": args.speed, "fov_deg": args.fov,
                        "ours": {**score(res.c2w, res.registered, clip.c2w, metric=False),
                                 "focal_err_pct": 100 * (f_ours / f_true - 1), "focal_px": f_ours,
                                 "focal_source": res.intrinsics_source, "focal_confidence": res.focal_confidence,
                                 "confidence": res.confidence, "seconds": t_ours,
-                                "models": [sh["model"] for sh in res.diagnostics["shots"]]}}
+                                "models": [sh["model"] for sh in res.diagnostics["shots"]],
+                                "focal_fallback": [sh["focal_fallback"] for sh in res.diagnostics["shots"]
+                                                   if sh.get("focal_fallback")],
+                                "dynamic_rejected_share": [sh.get("dynamic_tracks", {}).get("rejected_share")
+                                                           for sh in res.diagnostics["shots"]]}}
                 if not args.no_colmap:
                     t0 = time.perf_counter()
                     c2w_c, reg_c, f_c = run_pycolmap(frames, None, Path(td) / "colmap", matching="sequential")
@@ -353,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--height", type=int, default=None, help="default 144 (metric) / 192 (real-footage)")
     p.add_argument("--width", type=int, default=None, help="default 192 (metric) / 320 (real-footage)")
     p.add_argument("--fps", type=float, default=16.0)
+    p.add_argument("--fov", type=float, default=60.0,
+                   help="real-footage mode: renderer HFOV (deg). 60 equals our default FOV, so a focal fallback to "
+                        "the default is exact there; other values show what the fallback costs")
     p.add_argument("--seed", type=int, default=9000, help="scene/trajectory seed base (away from training)")
     p.add_argument("--no-colmap", action="store_true")
     p.add_argument("--mode", choices=("metric", "real-footage", "scaling"), default="metric")
