@@ -55,10 +55,12 @@ class PoseEstimatorConfig:
     # object) may take most of the tracks (see tracks.detect_corners). None: strongest corners anywhere.
     corner_grid: tuple[int, int] | None = (8, 5)
     klt_window: int = 21
-    # Tracking input (tracks.normalize_gray): per-frame grey standardisation (exposure changes, low
-    # contrast) to this standard deviation, and a Gaussian pre-smoothing sigma (px; 0 = off) against noise.
+    # Tracking input (tracks.normalize_gray): exposure flicker removed (gain vs the running median of frame
+    # means over +- gain_window frames), low contrast stretched to normalize_std grey levels (never
+    # compressed), and a Gaussian pre-smoothing sigma (px; 0 = off).
     normalize_gray: bool = True
     normalize_std: float = 48.0
+    gain_window: int = 4
     track_presmooth_sigma: float = 0.0
     klt_levels: int = 3
     fb_max_px: float = 0.8  # forward-backward KLT error above which a track is dropped
