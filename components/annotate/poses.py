@@ -56,11 +56,10 @@ class PoseEstimatorConfig:
     corner_grid: tuple[int, int] | None = (8, 5)
     klt_window: int = 21
     # Tracking input (tracks.normalize_gray): exposure flicker removed (gain vs the running median of frame
-    # means over +- gain_window frames), low contrast stretched to normalize_std grey levels (never
-    # compressed), and a Gaussian pre-smoothing sigma (px; 0 = off).
+    # means over +- gain_window frames), and a Gaussian pre-smoothing sigma (px; 0 = off).
     normalize_gray: bool = True
-    normalize_std: float = 48.0
     gain_window: int = 4
+    gain_min: float = 0.03  # |gain - 1| below this is not flicker (measured content drift on clean clips)
     track_presmooth_sigma: float = 0.0
     klt_levels: int = 3
     fb_max_px: float = 0.8  # forward-backward KLT error above which a track is dropped

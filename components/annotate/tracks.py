@@ -65,31 +65,32 @@ def detect_corners(gray: np.ndarray, pts: np.ndarray, cfg: PoseEstimatorConfig) 
 
 
 def normalize_gray(gray: np.ndarray, cfg: PoseEstimatorConfig) -> np.ndarray:
-    """Photometric normalisation of gray uint8 (N,H,W) for tracking: exposure flicker removed, low contrast
-    stretched, after an optional Gaussian pre-smoothing (``cfg.track_presmooth_sigma`` px).
+    """Photometric normalisation of gray uint8 (N,H,W) for tracking: exposure flicker removed, after an
+    optional Gaussian pre-smoothing (``cfg.track_presmooth_sigma`` px).
 
     Why: KLT assumes brightness constancy, and the shot-cut test compares grey histograms; real video breaks
     both with exposure changes (auto-exposure, flicker). Measured on the bench's hard clips without moving
     objects: exposure flicker + flattened contrast + noise broke the tracks into spurious shot cuts (6
     "shots" in a 48-frame walk, 13 in a mixed clip). Each frame's gain is its mean grey over the running
-    median of the means (``cfg.gain_window`` frames either side): flicker is fast, while the mean also moves
-    slowly with what the camera sees, which must not be "corrected" (a per-frame standardisation did that
-    and doubled ATE on a clean turn, 0.021 -> 0.045). Contrast is then stretched by one factor for the whole
-    clip (never compressed) so that the clip's spread reaches ``cfg.normalize_std`` grey levels.
+    median of the means (``cfg.gain_window`` frames either side), applied where it is off by more than
+    ``cfg.gain_min``: flicker is fast, while the mean also moves slowly with what the camera sees, which must
+    not be "corrected" (a per-frame standardisation did that and doubled ATE on a clean turn, 0.021 -> 0.045).
+    No contrast stretch: stretching a clean 96x128 pure-yaw clip's grey spread from 30 to 48 levels tipped
+    its model selection from rotation to SfM.
     """
     from scipy.ndimage import median_filter
 
     x = gray.astype(np.float32)
     if cfg.track_presmooth_sigma > 0:
         x = np.stack([cv2.GaussianBlur(f, (0, 0), cfg.track_presmooth_sigma) for f in x])
-    mean, sd = x.mean(axis=(1, 2)), np.maximum(x.std(axis=(1, 2)), 1e-3)
-    size = 2 * cfg.gain_window + 1
-    slow_mean, slow_sd = median_filter(mean, size=size, mode="nearest"), median_filter(sd, size=size, mode="nearest")
-    # Affine exposure model per frame (gain and offset): match each frame's mean and spread to their slow trend.
-    x = (x - mean[:, None, None]) * (slow_sd / sd)[:, None, None] + slow_mean[:, None, None]
-    mu, sd = float(x.mean()), float(x.std())
-    stretch = max(1.0, cfg.normalize_std / max(sd, 1e-3))
-    return np.clip((x - mu) * stretch + mu if stretch == 1.0 else (x - mu) * stretch + 128.0, 0, 255).astype(np.uint8)
+    mean = x.mean(axis=(1, 2))
+    slow = median_filter(mean, size=2 * cfg.gain_window + 1, mode="nearest")
+    gain = mean / np.maximum(slow, 1.0)
+    # Frames within gain_min of their trend are left as they are: a panning camera changes the mean too
+    # (new walls come into view), and "correcting" that moved a clean pure-rotation clip to the SfM model.
+    gain = np.where(np.abs(gain - 1.0) > cfg.gain_min, gain, 1.0)
+    x /= np.maximum(gain, 1e-3)[:, None, None]
+    return np.clip(x, 0, 255).astype(np.uint8)
 
 
 def klt_kwargs(cfg: PoseEstimatorConfig) -> dict:
