@@ -277,7 +277,8 @@ def estimate_poses(
         K = sf.K[best["start"]].copy()
         K[:2, 2] += 0.5
         K = np.broadcast_to(K, (n, 3, 3)).copy()
-        source, f_conf, calib = best["focal_source"], float(best["focal_confidence"]), {"calibration_shot": best}
+        source, f_conf = best["focal_source"], float(best["focal_confidence"])
+        calib = {"calibration_shot": best, "focal_fallback": best.get("focal_fallback", "")}
         if source == "default_fov":
             K = np.broadcast_to(default_intrinsics(h, w, cfg.default_hfov_deg), (n, 3, 3)).copy()
     # OpenCV puts pixel centres at integers, K uses COLMAP's +0.5 centres: shift K once for the tracker's
@@ -348,6 +349,8 @@ def _scale_free_result(gray: np.ndarray, fps: float, K: np.ndarray | None, cfg: 
         "registered_fraction": reg_frac,
         "initialised": any(sh.get("model") == "sfm" for sh in sf.shots),
         "per_frame_confidence": np.where(sf.registered, c_rep, 0.0),
+        # Why the clip's focal is the default although the camera moved ("" when it is not a fallback).
+        "focal_fallback": main.get("focal_fallback", ""),
     }
     return PoseResult(
         c2w=sf.c2w, intrinsics=Kout, fps=float(fps), confidence=float(np.clip(reg_frac * c_rep, 0, 1)),
