@@ -21,12 +21,22 @@ sequential matching, incremental mapping, focal refined in BA). Every trajectory
 frames at 320x192 by default. Per clip: registered, ATE Sim(3) (None for pure rotation), RotErr (mean
 relative rotation error, degrees), focal error (%), seconds, for both. Writes bench/results/annotate.json
 (key "real_footage"; the metric rows of the default mode are kept when present).
+
+Scaling mode (``--mode scaling``): is run time linear in clip length? The same clip class rendered at
+each of ``--lengths`` (default 48 and 480 frames, 320x192, clean), real-footage settings (no intrinsics,
+no depth). Ours on every ``--kinds`` class (default walk_forward, pure_yaw); pycolmap (the real-footage
+baseline) on ``--colmap-kinds`` (default walk_forward), each run in a child process killed after
+``--colmap-timeout-s`` (default 900 s; a killed run is recorded with the seconds it had used). Reports
+seconds per frame at each length and the ratio longest/shortest (1.0 = linear). Key "scaling".
+
+Every mode merges its key into the results file (other keys are kept) and writes it atomically.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import platform
 import sys
@@ -42,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from components.annotate import metrics as M
 from components.annotate.poses import estimate_poses
 from components.ingest.synthetic import ClipSpec, render_clip
+from model.atomic import write_text
 from model.video_io import read_video, write_video
 
 KINDS = ("walk_forward", "orbit", "pure_yaw", "strafe", "mixed")
@@ -145,7 +156,7 @@ def _rows_real_footage(args) -> list[dict]:
             continue
         for cond in args.conditions:
             spec = ClipSpec(kind=kind, speed=args.speed, num_frames=args.frames, fps=args.fps, height=args.height,
-                            width=args.width, seed=args.seed + 10 * ki)
+                            width=args.width, seed=args.seed + 10 * ki, fov_deg=args.fov)
             clip = render_clip(spec)
             frames_in = clip.frames if cond == "clean" else degrade(clip.frames, args.seed + ki)
             f_true = float(clip.intrinsics[0, 0, 0])
@@ -157,12 +168,16 @@ def _rows_real_footage(args) -> list[dict]:
                                      config=PoseEstimatorConfig(colmap_mapper=args.mapper))
                 t_ours = time.perf_counter() - t0
                 f_ours = float(res.intrinsics[0, 0, 0])
-                row = {"kind": kind, "condition": cond, "speed": args.speed,
+                row = {"kind": kind, "condition": cond, "speed": args.speed, "fov_deg": args.fov,
                        "ours": {**score(res.c2w, res.registered, clip.c2w, metric=False),
                                 "focal_err_pct": 100 * (f_ours / f_true - 1), "focal_px": f_ours,
                                 "focal_source": res.intrinsics_source, "focal_confidence": res.focal_confidence,
                                 "confidence": res.confidence, "seconds": t_ours,
-                                "models": [sh["model"] for sh in res.diagnostics["shots"]]}}
+                                "models": [sh["model"] for sh in res.diagnostics["shots"]],
+                                "focal_fallback": [sh["focal_fallback"] for sh in res.diagnostics["shots"]
+                                                   if sh.get("focal_fallback")],
+                                "dynamic_rejected_share": [sh.get("dynamic_tracks", {}).get("rejected_share")
+                                                           for sh in res.diagnostics["shots"]]}}
                 if not args.no_colmap:
                     t0 = time.perf_counter()
                     c2w_c, reg_c, f_c = run_pycolmap(frames, None, Path(td) / "colmap", matching="sequential")
@@ -193,6 +208,128 @@ def _print_real_footage(rows, n):
               f"{fmt(sp, '{:.1f}x'):>8s}")
 
 
+def _colmap_child(frames: np.ndarray, workdir: str, out_path: str) -> None:
+    """Child-process body of `_run_pycolmap_timed` (forked: frames arrive by copy-on-write, not pickling)."""
+    t0 = time.perf_counter()
+    c2w, reg, f = run_pycolmap(frames, None, Path(workdir), matching="sequential")
+    np.savez(out_path, c2w=c2w, reg=reg, focal=np.nan if f is None else f, seconds=time.perf_counter() - t0)
+
+
+def _run_pycolmap_timed(frames: np.ndarray, workdir: Path, timeout_s: float) -> dict:
+    """pycolmap self-calibrated (as in real-footage mode) in a child process, killed after timeout_s.
+
+    COLMAP's mapper cannot be interrupted from Python, so the only way to bound a 480-frame run is a
+    process. Returns {"finished": bool, "seconds": float, ...} with c2w/registered/focal when finished.
+    """
+    out_path = workdir / "colmap_result.npz"
+    proc = mp.get_context("fork").Process(target=_colmap_child, args=(frames, str(workdir / "colmap"), str(out_path)))
+    t0 = time.perf_counter()
+    proc.start()
+    proc.join(timeout_s)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        return {"finished": False, "seconds": time.perf_counter() - t0,
+                "reason": f"killed after {timeout_s:.0f} s (timeout), still mapping"}
+    if proc.exitcode != 0 or not out_path.exists():
+        return {"finished": False, "seconds": time.perf_counter() - t0, "reason": f"exit code {proc.exitcode}"}
+    with np.load(out_path) as z:
+        f = float(z["focal"])
+        return {"finished": True, "seconds": float(z["seconds"]), "c2w": z["c2w"], "registered": z["reg"],
+                "focal": None if not np.isfinite(f) else f}
+
+
+def _rows_scaling(args) -> list[dict]:
+    """One row per (kind, length, method): seconds, seconds/frame and accuracy (real-footage settings)."""
+    from components.annotate.poses import PoseEstimatorConfig
+
+    rows = []
+    t_start = time.time()
+    all_kinds = ("walk_forward", "orbit", "pure_yaw", "strafe", "turn", "mixed")
+    for kind in args.kinds:
+        ki = all_kinds.index(kind)
+        for n in args.lengths:
+            # Same seed at every length: the same room and trajectory law, only longer.
+            spec = ClipSpec(kind=kind, speed=args.speed, num_frames=n, fps=args.fps, height=args.height,
+                            width=args.width, seed=args.seed + 10 * ki)
+            clip = render_clip(spec)
+            f_true = float(clip.intrinsics[0, 0, 0])
+            with tempfile.TemporaryDirectory() as td:
+                write_video(clip.frames, Path(td) / "clip.mp4", clip.fps)
+                frames, fps = read_video(Path(td) / "clip.mp4")
+                t0 = time.perf_counter()
+                res = estimate_poses(frames, fps, None, scale_free=True,
+                                     config=PoseEstimatorConfig(colmap_mapper=args.mapper))
+                t_ours = time.perf_counter() - t0
+                f_ours = float(res.intrinsics[0, 0, 0])
+                sfm = [sh.get("sfm", {}) for sh in res.diagnostics["shots"]]
+                rows.append({"kind": kind, "frames": n, "method": "ours", "finished": True, "seconds": t_ours,
+                             "s_per_frame": t_ours / n, **score(res.c2w, res.registered, clip.c2w, metric=False),
+                             "focal_err_pct": 100 * (f_ours / f_true - 1),
+                             "models": [sh["model"] for sh in res.diagnostics["shots"]],
+                             "colmap_verify_s": sum(s.get("verify_s", 0.0) for s in sfm),
+                             "colmap_mapping_s": sum(s.get("mapping_s", 0.0) for s in sfm)})
+                print(f"{kind:13s} {n:4d} ours {t_ours:.1f}s ({time.time() - t_start:.0f}s)", file=sys.stderr)
+                if not args.no_colmap and kind in args.colmap_kinds:
+                    c = _run_pycolmap_timed(frames, Path(td), args.colmap_timeout_s)
+                    row = {"kind": kind, "frames": n, "method": "pycolmap", "finished": c["finished"],
+                           "seconds": c["seconds"], "s_per_frame": c["seconds"] / n if c["finished"] else None}
+                    if c["finished"]:
+                        row.update(score(c["c2w"], c["registered"], clip.c2w, metric=False),
+                                   focal_err_pct=None if c["focal"] is None else 100 * (c["focal"] / f_true - 1))
+                    else:
+                        row["reason"] = c["reason"]
+                    rows.append(row)
+                    print(f"{kind:13s} {n:4d} pycolmap {c['seconds']:.1f}s finished={c['finished']} "
+                          f"({time.time() - t_start:.0f}s)", file=sys.stderr)
+    return rows
+
+
+def _scaling_summary(rows: list[dict]) -> list[dict]:
+    """Per (kind, method): s/frame at the shortest and longest length and their ratio (1.0 = linear)."""
+    out = []
+    for kind, method in dict.fromkeys((r["kind"], r["method"]) for r in rows):
+        rs = sorted((r for r in rows if r["kind"] == kind and r["method"] == method), key=lambda r: r["frames"])
+        lo, hi = rs[0], rs[-1]
+        ratio = hi["s_per_frame"] / lo["s_per_frame"] if (hi["finished"] and lo["finished"]) else None
+        out.append({"kind": kind, "method": method, "frames": [lo["frames"], hi["frames"]],
+                    "s_per_frame": [lo["s_per_frame"], hi["s_per_frame"]], "ratio": ratio,
+                    "finished": [lo["finished"], hi["finished"]],
+                    "lower_bound_s_per_frame_if_killed": None if hi["finished"] else hi["seconds"] / hi["frames"]})
+    return out
+
+
+def _print_scaling(rows, summary):
+    def fmt(v, f="{:.4f}"):
+        return "-" if v is None else f.format(v)
+
+    print(f"{'kind':13s} {'method':8s} {'frames':>6s} {'s':>7s} {'s/frame':>8s} {'reg':>7s} {'ATEsim3':>8s} "
+          f"{'RotErr°':>7s} {'f err%':>7s}")
+    for r in rows:
+        print(f"{r['kind']:13s} {r['method']:8s} {r['frames']:6d} {r['seconds']:7.1f} {fmt(r['s_per_frame']):>8s} "
+              f"{r.get('registered', 0):>3d}/{r['frames']:<3d} {fmt(r.get('ate_sim3')):>8s} "
+              f"{fmt(r.get('rre_deg'), '{:.3f}'):>7s} {fmt(r.get('focal_err_pct'), '{:+.2f}'):>7s}"
+              + ("" if r["finished"] else f"  NOT FINISHED: {r['reason']}"))
+    for s in summary:
+        print(f"{s['kind']:13s} {s['method']:8s} s/frame {s['frames'][0]}: {fmt(s['s_per_frame'][0])}  "
+              f"{s['frames'][1]}: {fmt(s['s_per_frame'][1])}  ratio {fmt(s['ratio'], '{:.2f}')}")
+
+
+def _merge_results(out: Path, key: str | None, value: dict) -> None:
+    """Merge value into the JSON results file under key (None: at the top level, the metric mode's old
+    layout), keeping every other key, and write it atomically."""
+    old = json.loads(out.read_text()) if out.exists() else {}
+    if key is None:
+        old.update(value)
+    else:
+        old[key] = value
+    write_text(out, json.dumps(old, indent=2, default=float))
+    print(f"wrote {out} ({key or 'metric rows'})", file=sys.stderr)
+
+
 def score(est: np.ndarray, reg: np.ndarray, gt: np.ndarray, metric: bool) -> dict:
     """Accuracy of est (N,4,4) on its registered frames against gt (N,4,4)."""
     if reg.sum() < 3:
@@ -220,19 +357,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--height", type=int, default=None, help="default 144 (metric) / 192 (real-footage)")
     p.add_argument("--width", type=int, default=None, help="default 192 (metric) / 320 (real-footage)")
     p.add_argument("--fps", type=float, default=16.0)
+    p.add_argument("--fov", type=float, default=60.0,
+                   help="real-footage mode: renderer HFOV (deg). 60 equals our default FOV, so a focal fallback to "
+                        "the default is exact there; other values show what the fallback costs")
     p.add_argument("--seed", type=int, default=9000, help="scene/trajectory seed base (away from training)")
     p.add_argument("--no-colmap", action="store_true")
-    p.add_argument("--mode", choices=("metric", "real-footage"), default="metric")
+    p.add_argument("--mode", choices=("metric", "real-footage", "scaling"), default="metric")
+    p.add_argument("--lengths", nargs="+", type=int, default=[48, 480], help="scaling mode: clip lengths (frames)")
+    p.add_argument("--colmap-kinds", nargs="+", default=["walk_forward"], help="scaling mode: classes pycolmap runs on")
+    p.add_argument("--colmap-timeout-s", type=float, default=900.0, help="scaling mode: kill a pycolmap run after this")
     p.add_argument("--conditions", nargs="+", choices=("clean", "hard"), default=["clean", "hard"])
-    p.add_argument("--kinds", nargs="+", default=["walk_forward", "orbit", "pure_yaw", "strafe", "turn", "mixed"],
-                   help="real-footage mode: trajectory classes")
+    p.add_argument("--kinds", nargs="+", default=None,
+                   help="real-footage mode: trajectory classes (default all six); scaling mode: default walk_forward pure_yaw")
     p.add_argument("--speed", choices=("slow", "fast"), default="slow", help="real-footage mode: trajectory speed")
-    p.add_argument("--key", default="real_footage", help="real-footage mode: key of the results file to (re)write")
+    p.add_argument("--key", default=None,
+                   help="real-footage / scaling mode: key of the results file to (re)write (default real_footage / scaling)")
     p.add_argument("--mapper", choices=("incremental", "global"), default="incremental",
                    help="real-footage mode: our pycolmap mapper")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "annotate.json"))
     args = p.parse_args(argv)
-    real = args.mode == "real-footage"
+    real = args.mode in ("real-footage", "scaling")
+    args.kinds = args.kinds or (["walk_forward", "pure_yaw"] if args.mode == "scaling"
+                                else ["walk_forward", "orbit", "pure_yaw", "strafe", "turn", "mixed"])
+    args.key = args.key or ("scaling" if args.mode == "scaling" else "real_footage")
     args.frames = args.frames or (48 if real else 32)
     args.height = args.height or (192 if real else 144)
     args.width = args.width or (320 if real else 192)
@@ -241,20 +388,30 @@ def main(argv: list[str] | None = None) -> int:
         t_start = time.time()
         rows = _rows_real_footage(args)
         _print_real_footage(rows, args.frames)
-        out = Path(args.out)
-        old = json.loads(out.read_text()) if out.exists() else {}
-        old[args.key] = {"config": vars(args), "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
-                               "total_seconds": time.time() - t_start, "rows": rows,
-                               "notes": "no intrinsics and no depth for either method. Ours: KLT tracks -> rotation-only "
-                                        "model (focal by 1-D search) or pycolmap incremental mapping of keyframes + "
-                                        "absolute pose for the rest, focal refined in BA. pycolmap: SIFT, sequential "
-                                        "matching, incremental mapping (init_min_tri_angle 4), SIMPLE_PINHOLE focal "
-                                        "refined. ATE Sim(3) over each method's registered frames (None for pure "
-                                        "rotation). Shared 2-core machine: seconds are noisy."}
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(old, indent=2, default=float))
-        os.replace(tmp, out)
-        print(f"wrote {out}", file=sys.stderr)
+        _merge_results(Path(args.out), args.key, {
+            "config": vars(args), "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
+            "total_seconds": time.time() - t_start, "rows": rows,
+            "notes": "no intrinsics and no depth for either method. Ours: KLT tracks -> rotation-only "
+                     "model (focal by 1-D search) or pycolmap incremental mapping of keyframes + "
+                     "absolute pose for the rest, focal refined in BA. pycolmap: SIFT, sequential "
+                     "matching, incremental mapping (init_min_tri_angle 4), SIMPLE_PINHOLE focal "
+                     "refined. ATE Sim(3) over each method's registered frames (None for pure "
+                     "rotation). Shared 2-core machine: seconds are noisy."})
+        return 0
+    if args.mode == "scaling":
+        t_start = time.time()
+        rows = _rows_scaling(args)
+        summary = _scaling_summary(rows)
+        _print_scaling(rows, summary)
+        _merge_results(Path(args.out), args.key, {
+            "config": vars(args), "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
+            "total_seconds": time.time() - t_start, "rows": rows, "summary": summary,
+            "notes": "real-footage settings (no intrinsics, no depth), clean clips, same seed at every length. "
+                     "seconds: estimate_poses only (ours) / SIFT extraction + sequential matching + incremental "
+                     "mapping (pycolmap, child process); rendering and H.264 round trip excluded. ratio = "
+                     "s/frame at the longest length / s/frame at the shortest (1.0 = linear). A pycolmap run "
+                     "past --colmap-timeout-s is killed and recorded unfinished with the seconds it had used. "
+                     "Shared 2-core machine (one core busy with another job): seconds are noisy."})
         return 0
     rows = []
     t_start = time.time()
@@ -302,12 +459,7 @@ def main(argv: list[str] | None = None) -> int:
                        "init_min_tri_angle=4 deg, scale-free (Sim3 ATE only). "
                        "ATE undefined (None) for pure rotation; see max_translation_m. Shared 2-core machine: "
                        "fps figures are noisy."}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=float))
-    os.replace(tmp, out)
-    print(f"wrote {out}", file=sys.stderr)
+    _merge_results(Path(args.out), None, result)  # top-level keys, as before; other modes' keys are kept
     return 0
 
 

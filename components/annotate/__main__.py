@@ -57,7 +57,7 @@ def _single(args: argparse.Namespace) -> int:
         np.savez(fh, c2w=res.c2w, intrinsics=res.intrinsics, fps=np.float64(res.fps),
                  confidence=np.float64(res.confidence), registered=res.registered, metric=np.bool_(res.metric))
     print(json.dumps({"out": str(out), "frames": len(frames), "confidence": round(res.confidence, 4),
-                      "metric": res.metric, "registered": float(res.registered.mean()),
+                      "metric": res.metric, "scale_source": res.scale_source, "registered": float(res.registered.mean()),
                       "intrinsics_source": res.intrinsics_source}))
     return 0
 

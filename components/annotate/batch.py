@@ -148,11 +148,12 @@ def annotate_clip(clip_id: str, video: Path, npz: Path | None, cfg: BatchConfig,
             np.savez(fh, c2w=res.c2w, intrinsics=res.intrinsics, fps=np.float64(res.fps),
                      confidence=np.float64(res.confidence), registered=res.registered)
         unreg = {str(i): r for i, r in enumerate(res.unregistered_reason) if r}
-        rec.update(status="kept", confidence=res.confidence, metric=res.metric,
+        rec.update(status="kept", confidence=res.confidence, metric=res.metric, scale_source=res.scale_source,
                    intrinsics_source=res.intrinsics_source, focal_confidence=res.focal_confidence,
                    focal_px=float(res.intrinsics[0, 0, 0]), registered_fraction=float(res.registered.mean()),
                    unregistered=unreg, shot_starts=list(res.shot_starts),
-                   reprojection_rmse_px=res.diagnostics.get("reprojection_rmse_px"))
+                   reprojection_rmse_px=res.diagnostics.get("reprojection_rmse_px"),
+                   focal_fallback=res.diagnostics.get("focal_fallback", ""))
     except ValueError as e:  # VideoDecodeError is a ValueError; so are bad shapes in a clip's npz
         rec.update(status="failed", reason=f"{type(e).__name__}: {e}")
     except Exception as e:  # noqa: BLE001 - one bad clip must never stop a batch; the reason is recorded
@@ -251,6 +252,7 @@ def _load_sample(rec: dict, row: dict, raw: Path, cache_dir: Path, captioner) ->
     # clips are labelled so the training step can weigh or skip them.
     meta = {"scores": rec.get("scores", {}), "caption": caption, "kind": row.get("kind", ""),
             "metric": rec.get("metric"), "confidence": rec.get("confidence"), "source": row.get("source", ""),
-            **{k: rec.get(k) for k in ("intrinsics_source", "focal_confidence", "focal_px", "registered_fraction",
-                                       "unregistered", "shot_starts", "reprojection_rmse_px")}}
+            **{k: rec.get(k) for k in ("scale_source", "intrinsics_source", "focal_confidence", "focal_px", "registered_fraction",
+                                       "unregistered", "shot_starts", "reprojection_rmse_px",
+                                       "focal_fallback")}}
     return ShardSample(id=rec["id"], mp4=video.read_bytes(), poses=poses, meta=meta)

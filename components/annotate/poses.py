@@ -39,6 +39,7 @@ from components.annotate.depth import DepthModel
 from components.annotate.geometry import default_intrinsics, project
 from components.annotate.odometry import KeyframeVO
 from components.annotate.scale_free import scale_free_poses
+from components.annotate.tracks import normalize_gray
 
 __all__ = ["PoseEstimatorConfig", "PoseResult", "default_intrinsics", "estimate_poses"]
 
@@ -50,7 +51,19 @@ class PoseEstimatorConfig:
     max_corners: int = 500  # features per keyframe (new ones fill in around live tracks)
     quality_level: float = 0.005
     min_distance: int = 8  # px between corners: spreads them over the image for better-conditioned PnP
+    # Corner buckets (cols, rows), each capped at max_corners / cells: no one high-contrast region (a moving
+    # object) may take most of new corners (see tracks.detect_corners). None (default): strongest corners
+    # anywhere. Off because (8, 5) tipped a clean pure-yaw clip's model selection to SfM (its better-spread
+    # tracks lower SfM's RMSE below the rotation test's bar) and did not lower the moving objects' share of
+    # observations (their tracks outlive the background's). inconsistent_tracks balances its fits anyway.
+    corner_grid: tuple[int, int] | None = None
     klt_window: int = 21
+    # Tracking input (tracks.normalize_gray): exposure flicker removed (gain vs the running median of frame
+    # means over +- gain_window frames), and a Gaussian pre-smoothing sigma (px; 0 = off).
+    normalize_gray: bool = True
+    gain_window: int = 4
+    gain_min: float = 0.05  # |gain - 1| below this is not flicker (clean clips drift up to 3.3 % on a fast pan)
+    track_presmooth_sigma: float = 0.0
     klt_levels: int = 3
     fb_max_px: float = 0.8  # forward-backward KLT error above which a track is dropped
     # Re-align tracks to their birth patch (removes KLT drift). None = on when a depth source anchors the
@@ -100,11 +113,26 @@ class PoseEstimatorConfig:
     # older sequential VO (kept for comparison; the issue measured it 2-100x worse than COLMAP scale-free).
     scale_free_backend: str = "sfm"
     refine_principal_point: bool = False  # only where the data supports it: off unless asked
+    # Moving objects (tracks.inconsistent_tracks): drop tracks that disagree with the dominant two-view
+    # geometry before self-calibration and mapping (scale-free path).
+    reject_dynamic_tracks: bool = True
+    dynamic_offsets: tuple[int, ...] = (4, 8, 16)  # window lengths (frames): long ones give parallax
+    dynamic_anchor_step: int = 2
+    dynamic_min_shared: int = 30
+    dynamic_per_cell: int = 3  # tracks per corner_grid cell in each window's model fit (spatial balance)
+    dynamic_epipolar_px: float = 1.0
+    dynamic_h_f_ratio: float = 0.8  # COLMAP's max_H_inlier_ratio: above it a pair is rotation/planar-dominant
+    dynamic_max_reject: float = 0.5
+    # Self-calibrated SfM focal is trusted only with a relative sigma below this and a field of view in
+    # [10, 170] degrees; otherwise the shot is re-mapped with the default FOV held fixed (flagged default_fov).
+    focal_max_sigma_rel: float = 0.03  # focal_confidence < 0.1; clean clips measured at sigma 0.3-2.7 %
 
     def __post_init__(self) -> None:
         for name in ("max_corners", "klt_window", "klt_levels", "min_pnp_inliers", "keyframe_max_gap"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"PoseEstimatorConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.corner_grid is not None and (len(self.corner_grid) != 2 or min(self.corner_grid) < 1):
+            raise ValueError(f"PoseEstimatorConfig.corner_grid must be None or (cols, rows) >= 1, got {self.corner_grid}")
         if not 0.0 < self.keyframe_track_ratio <= 1.0:
             raise ValueError(f"PoseEstimatorConfig.keyframe_track_ratio must be in (0,1], got {self.keyframe_track_ratio}")
         if self.scale_free_backend not in ("sfm", "vo"):
@@ -123,7 +151,8 @@ class PoseResult:
     intrinsics (N,3,3) float64; fps; confidence float in [0,1]; registered (N,) bool (False: the pose was
     propagated/interpolated, not solved, and unregistered_reason says why; "" where registered);
     intrinsics_source "given" | "self_calibrated_sfm" | "self_calibrated_rotation" | "default_fov";
-    focal_confidence in [0,1] (1 when given, 0 for the default FOV); shot_starts: frames that start a shot
+    focal_confidence in [0,1] (1 when given, 0 for the default FOV); scale_source "sensor_depth" |
+    "monocular_depth" (a `DepthModel`) | "none" (scale-free, ``metric`` False); shot_starts: frames that start a shot
     (poses of each shot are relative to its first frame); diagnostics: counts, reprojection RMSE,
     per-frame inlier ratios and confidence, per-shot model and focal sigma.
     """
@@ -136,6 +165,7 @@ class PoseResult:
     metric: bool
     intrinsics_source: str = "given"
     focal_confidence: float = 1.0
+    scale_source: str = "none"
     unregistered_reason: list[str] = field(default_factory=list)
     shot_starts: list[int] = field(default_factory=lambda: [0])
     diagnostics: dict[str, Any] = field(default_factory=dict)
@@ -234,6 +264,8 @@ def estimate_poses(
         cfg = replace(cfg, klt_refine_from_birth=not scale_free)
     n, h, w, _ = frames.shape
     gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
+    if cfg.normalize_gray:
+        gray = normalize_gray(gray, cfg)
     if scale_free and cfg.scale_free_backend == "sfm":
         return _scale_free_result(gray, fps, K, cfg)
     source, f_conf, calib = "given", 1.0, {}
@@ -245,7 +277,8 @@ def estimate_poses(
         K = sf.K[best["start"]].copy()
         K[:2, 2] += 0.5
         K = np.broadcast_to(K, (n, 3, 3)).copy()
-        source, f_conf, calib = best["focal_source"], float(best["focal_confidence"]), {"calibration_shot": best}
+        source, f_conf = best["focal_source"], float(best["focal_confidence"])
+        calib = {"calibration_shot": best, "focal_fallback": best.get("focal_fallback", "")}
         if source == "default_fov":
             K = np.broadcast_to(default_intrinsics(h, w, cfg.default_hfov_deg), (n, 3, 3)).copy()
     # OpenCV puts pixel centres at integers, K uses COLMAP's +0.5 centres: shift K once for the tracker's
@@ -290,7 +323,9 @@ def estimate_poses(
                for r in vo.registered]
     return PoseResult(
         c2w=c2w, intrinsics=K, fps=float(fps), confidence=confidence, registered=vo.registered.copy(),
-        metric=metric, intrinsics_source=source, focal_confidence=f_conf, unregistered_reason=reasons,
+        metric=metric, intrinsics_source=source, focal_confidence=f_conf,
+        scale_source="sensor_depth" if depth is not None else "monocular_depth" if depth_model is not None else "none",
+        unregistered_reason=reasons,
         diagnostics=diag,
     )
 
@@ -314,10 +349,12 @@ def _scale_free_result(gray: np.ndarray, fps: float, K: np.ndarray | None, cfg: 
         "registered_fraction": reg_frac,
         "initialised": any(sh.get("model") == "sfm" for sh in sf.shots),
         "per_frame_confidence": np.where(sf.registered, c_rep, 0.0),
+        # Why the clip's focal is the default although the camera moved ("" when it is not a fallback).
+        "focal_fallback": main.get("focal_fallback", ""),
     }
     return PoseResult(
         c2w=sf.c2w, intrinsics=Kout, fps=float(fps), confidence=float(np.clip(reg_frac * c_rep, 0, 1)),
         registered=sf.registered, metric=False, intrinsics_source=main["focal_source"],
-        focal_confidence=float(main["focal_confidence"]), unregistered_reason=sf.reasons,
+        focal_confidence=float(main["focal_confidence"]), scale_source="none", unregistered_reason=sf.reasons,
         shot_starts=sf.shot_starts, diagnostics=diag,
     )

@@ -26,7 +26,7 @@ from scipy.spatial.transform import Rotation, Slerp
 from components.annotate.calibration import fit_rotation_model
 from components.annotate.colmap_backend import map_tracks
 from components.annotate.geometry import default_intrinsics
-from components.annotate.tracks import track_clip
+from components.annotate.tracks import drop_tracks, inconsistent_tracks, track_clip
 
 if TYPE_CHECKING:
     from components.annotate.poses import PoseEstimatorConfig
@@ -91,20 +91,27 @@ def scale_free_poses(gray: np.ndarray, K_given: np.ndarray | None, cfg: PoseEsti
             reasons[a] = "shot of a single frame: no motion to measure"
             shots.append({"start": a, "frames": 1, "model": "none", "focal_source": "default_fov", "focal_sigma_rel": None})
             continue
-        rot = fit_rotation_model(tracks, idx, h, w, Kg, cfg)
+        info = {"start": a, "frames": len(idx)}
+        shot_tracks = tracks
+        if cfg.reject_dynamic_tracks:
+            # Moving objects first: their tracks would otherwise be calibrated and mapped as parallax.
+            rejected, info["dynamic_tracks"] = inconsistent_tracks(tracks, idx, h, w, cfg)
+            if rejected.any():
+                shot_tracks = drop_tracks(tracks, rejected)
+        rot = fit_rotation_model(shot_tracks, idx, h, w, Kg, cfg)
         p90 = float(np.percentile(rot.median_residual_px, 90)) if len(rot.median_residual_px) else float("inf")
-        info = {"start": a, "frames": len(idx), "rotation_residual_p90_px": p90}
+        info["rotation_residual_p90_px"] = p90
         model = "rotation" if p90 < cfg.rotation_max_residual_px else "sfm"
         mp = None
         if model == "sfm":
             # COLMAP starts from its own default (1.2 max(H,W)): the rotation fit's focal is biased under
             # translation (measured +365 % focal error on a strafe when used as the start).
             f_init = None
-            mp = map_tracks(tracks, idx, h, w, f_init, cfg, fixed_K=Kg)
+            mp = map_tracks(shot_tracks, idx, h, w, f_init, cfg, fixed_K=Kg)
             if mp.registered.sum() < max(3, cfg.min_registered_fraction * len(idx)) and cfg.colmap_mapper == "incremental":
                 # Incremental SfM splits slow, low-parallax shots into fragments; the global mapper (rotation
                 # averaging, then positions) holds them together. Measured: 5/11 -> 11/11 keyframes.
-                mp = map_tracks(tracks, idx, h, w, f_init, replace(cfg, colmap_mapper="global"), fixed_K=Kg)
+                mp = map_tracks(shot_tracks, idx, h, w, f_init, replace(cfg, colmap_mapper="global"), fixed_K=Kg)
             info["sfm"] = {k: v for k, v in mp.stats.items()}
             rot_med = float(np.median(rot.median_residual_px))
             if (p90 < cfg.rotation_fallback_max_residual_px
@@ -118,6 +125,24 @@ def scale_free_poses(gray: np.ndarray, K_given: np.ndarray | None, cfg: PoseEsti
                 # noise-level residuals, that IS the answer (no parallax = translation not observable);
                 # otherwise keep the rotations but flag every frame.
                 model = "rotation" if p90 < cfg.rotation_fallback_max_residual_px else "rotation_fallback"
+        focal_trusted = True
+        if model == "sfm" and Kg is None:
+            f_sfm, sig_sfm = float(mp.K[0, 0]), float(mp.stats.get("focal_sigma_rel", float("inf")))
+            fov = float(np.degrees(2 * np.arctan(0.5 * w / f_sfm))) if f_sfm > 0 else 0.0
+            if not (sig_sfm <= cfg.focal_max_sigma_rel and 10.0 <= fov <= 170.0):
+                # A focal the data does not pin down (hard footage: measured +190 % to +7000 %) would be
+                # reported as if measured and bend every pose with it. Say so, and pose the shot with the
+                # flagged default FOV held fixed instead: a known ~15 % error beats an unbounded one.
+                mp_d = map_tracks(shot_tracks, idx, h, w, None, cfg, fixed_K=K_def)
+                info["focal_fallback"] = (f"SfM focal {f_sfm:.1f} px (relative sigma {sig_sfm:.3g}, HFOV {fov:.1f} "
+                                          f"deg) not trusted: re-mapped with the default {cfg.default_hfov_deg:g} "
+                                          "deg HFOV held fixed")
+                info["sfm_untrusted"] = {**mp.stats, "focal_px": f_sfm}
+                if mp_d.registered.sum() >= max(3, cfg.min_registered_fraction * len(idx)):
+                    mp = mp_d
+                else:
+                    info["focal_fallback"] += "; that map registered too few frames, poses are from the untrusted map"
+                focal_trusted = False
         if model == "sfm":
             seg_reg = mp.registered
             first = int(np.flatnonzero(seg_reg)[0])
@@ -130,6 +155,8 @@ def scale_free_poses(gray: np.ndarray, K_given: np.ndarray | None, cfg: PoseEsti
             if np.isfinite(depth) and depth > 0:
                 seg[:, :3, 3] /= depth  # scale-free unit: median scene depth of the first keyframe
             K_seg, sigma = mp.K, float(mp.stats.get("focal_sigma_rel", float("inf")))
+            if not focal_trusted:
+                K_seg, sigma = K_def, float("inf")
             why = "absolute pose failed (too few tracks on mapped points)"
             rmses.append(mp.reprojection_rmse_px)
         else:
@@ -144,7 +171,7 @@ def scale_free_poses(gray: np.ndarray, K_given: np.ndarray | None, cfg: PoseEsti
             if len(rot.median_residual_px):
                 rmses.append(float(np.median(rot.median_residual_px)))
         source = "given" if Kg is not None else f"self_calibrated_{'sfm' if model == 'sfm' else 'rotation'}"
-        if Kg is None and not np.isfinite(sigma) and model != "sfm":
+        if Kg is None and not np.isfinite(sigma) and (model != "sfm" or not focal_trusted):
             K_seg, source = K_def, "default_fov"  # focal not observable (static or featureless shot)
         c2w[idx] = _fill(seg, seg_reg)
         K[idx] = K_seg
