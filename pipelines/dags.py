@@ -299,8 +299,9 @@ def build_pipeline(name: str, cluster: ClusterSettings | None = None,
         description=f"SANA-WM {name} pipeline; sana-wm-stack {meta.version}; git {meta.git_sha}; form {form}",
     )
     P = _defaults()
-    d_preset, d_steps, d_lr, d_ckpt = (("sana_wm_2b6", 0, 0.0, 500) if cluster is not None
-                                       else (P.preset, P.steps, P.lr, 0))
+    # the cluster form trains the paper preset: params.yaml's local base bundle (a repo path) is not its default
+    d_preset, d_steps, d_lr, d_ckpt, d_init = (("sana_wm_2b6", 0, 0.0, 500, "") if cluster is not None
+                                               else (P.preset, P.steps, P.lr, 0, P.init))
     summary = f"SANA-WM {name} pipeline ({form} form)."
 
     if name == "data":
@@ -317,7 +318,7 @@ def build_pipeline(name: str, cluster: ClusterSettings | None = None,
         def train_to_serve(shards_uri: str, heldout_uri: str, preset: str = d_preset, steps: int = d_steps,
                            lr: float = d_lr, checkpoint_every: int = d_ckpt, stages_json: str = "",
                            vae_steps: int = P.vae_steps, vae_lr: float = P.vae_lr, vae_cache_dir: str = "",
-                           init_bundle: str = P.init, distill_ode_steps: int = P.ode_steps, distill_dmd_steps: int = P.dmd_steps, distill_teacher_steps: int = P.teacher_steps,
+                           init_bundle: str = d_init, distill_ode_steps: int = P.ode_steps, distill_dmd_steps: int = P.dmd_steps, distill_teacher_steps: int = P.teacher_steps,
                            model_name: str = P.model_name, eval_clips: int = P.eval_clips, keep_serving: bool = False,
                            tracking_uri: str = "", parent_run_id: str = "", experiment: str = "sana-wm"):
             tracking = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id, experiment=experiment)
@@ -337,7 +338,7 @@ def build_pipeline(name: str, cluster: ClusterSettings | None = None,
              heldout_frames: int = P.heldout_frames, holdout_kinds: str = P.holdout_kinds, preset: str = d_preset,
              steps: int = d_steps, lr: float = d_lr, checkpoint_every: int = d_ckpt, stages_json: str = "",
              vae_steps: int = P.vae_steps, vae_lr: float = P.vae_lr, vae_cache_dir: str = "",
-             init_bundle: str = P.init, distill_ode_steps: int = P.ode_steps, distill_dmd_steps: int = P.dmd_steps,
+             init_bundle: str = d_init, distill_ode_steps: int = P.ode_steps, distill_dmd_steps: int = P.dmd_steps,
              distill_teacher_steps: int = P.teacher_steps, model_name: str = P.model_name, eval_clips: int = P.eval_clips, keep_serving: bool = False,
              tracking_uri: str = "", parent_run_id: str = "", experiment: str = "sana-wm"):
         tracking = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id, experiment=experiment)

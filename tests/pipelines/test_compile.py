@@ -232,7 +232,11 @@ def test_cluster_defaults_are_the_paper_schedule_and_local_defaults_stay_small(c
         p = Path(d) / "x.yaml"
         compiler.Compiler().compile(build_pipeline("full"), str(p))
         local = yaml.safe_load(p.read_text())["root"]["inputDefinitions"]["parameters"]
-    assert local["preset"]["defaultValue"] == "small" and local["steps"]["defaultValue"] == 200
+    from components.common.defaults import default
+
+    assert local["preset"]["defaultValue"] == "small" and local["steps"]["defaultValue"] == default("train.steps")
+    assert local["init_bundle"]["defaultValue"] == default("train.init")
+    assert root["init_bundle"]["defaultValue"] == ""  # the local base bundle is not the cluster's default
 
 
 def test_local_form_has_no_kubernetes_parts():
