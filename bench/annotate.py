@@ -59,6 +59,18 @@ KINDS = ("walk_forward", "orbit", "pure_yaw", "strafe", "mixed")
 SPEEDS = ("slow", "fast")
 
 
+
+def _ours_scale_free(frames_in, fps_in, tmp: Path, mapper: str):
+    """H.264 round trip of frames (N,H,W,3) uint8 (what a user's footage has been through), then our
+    scale-free, intrinsics-free estimate, timed. Returns (frames, fps, PoseResult, seconds)."""
+    from components.annotate.poses import PoseEstimatorConfig
+
+    write_video(frames_in, tmp / "clip.mp4", fps_in)
+    frames, fps = read_video(tmp / "clip.mp4")
+    t0 = time.perf_counter()
+    res = estimate_poses(frames, fps, None, scale_free=True, config=PoseEstimatorConfig(colmap_mapper=mapper))
+    return frames, fps, res, time.perf_counter() - t0
+
 def run_pycolmap(frames: np.ndarray, K: np.ndarray | None, workdir: Path, init_min_tri_angle_deg: float = 4.0,
                  matching: str = "exhaustive") -> tuple[np.ndarray, np.ndarray, float | None]:
     """Incremental SfM (SIFT) on frames (N,H,W,3). K (3,3): known intrinsics, fixed in BA; None: self-calibrated
@@ -146,7 +158,6 @@ def degrade(frames: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _rows_real_footage(args) -> list[dict]:
-    from components.annotate.poses import PoseEstimatorConfig
 
     rows = []
     t_start = time.time()
@@ -161,12 +172,7 @@ def _rows_real_footage(args) -> list[dict]:
             frames_in = clip.frames if cond == "clean" else degrade(clip.frames, args.seed + ki)
             f_true = float(clip.intrinsics[0, 0, 0])
             with tempfile.TemporaryDirectory() as td:
-                write_video(frames_in, Path(td) / "clip.mp4", clip.fps)
-                frames, fps = read_video(Path(td) / "clip.mp4")
-                t0 = time.perf_counter()
-                res = estimate_poses(frames, fps, None, scale_free=True,
-                                     config=PoseEstimatorConfig(colmap_mapper=args.mapper))
-                t_ours = time.perf_counter() - t0
+                frames, fps, res, t_ours = _ours_scale_free(frames_in, clip.fps, Path(td), args.mapper)
                 f_ours = float(res.intrinsics[0, 0, 0])
                 row = {"kind": kind, "condition": cond, "speed": args.speed, "fov_deg": args.fov,
                        "ours": {**score(res.c2w, res.registered, clip.c2w, metric=False),
@@ -244,7 +250,6 @@ def _run_pycolmap_timed(frames: np.ndarray, workdir: Path, timeout_s: float) -> 
 
 def _rows_scaling(args) -> list[dict]:
     """One row per (kind, length, method): seconds, seconds/frame and accuracy (real-footage settings)."""
-    from components.annotate.poses import PoseEstimatorConfig
 
     rows = []
     t_start = time.time()
@@ -258,12 +263,7 @@ def _rows_scaling(args) -> list[dict]:
             clip = render_clip(spec)
             f_true = float(clip.intrinsics[0, 0, 0])
             with tempfile.TemporaryDirectory() as td:
-                write_video(clip.frames, Path(td) / "clip.mp4", clip.fps)
-                frames, fps = read_video(Path(td) / "clip.mp4")
-                t0 = time.perf_counter()
-                res = estimate_poses(frames, fps, None, scale_free=True,
-                                     config=PoseEstimatorConfig(colmap_mapper=args.mapper))
-                t_ours = time.perf_counter() - t0
+                frames, fps, res, t_ours = _ours_scale_free(clip.frames, clip.fps, Path(td), args.mapper)
                 f_ours = float(res.intrinsics[0, 0, 0])
                 sfm = [sh.get("sfm", {}) for sh in res.diagnostics["shots"]]
                 rows.append({"kind": kind, "frames": n, "method": "ours", "finished": True, "seconds": t_ours,
