@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import numpy as np
 
 import pytest
 
@@ -45,6 +46,13 @@ def test_evaluate_end_to_end(tmp_path, monkeypatch):
                           "--teacher", str(tmp_path / "teacher"), "--drift-factor", "0.5"]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["num_clips"] == 1 and metrics["num_frames"] == 9
+    # the still-image floor: the held-out clip's first frame against each of its first 9 frames
+    from components.evaluate.__main__ import fit_to_model, load_held_out
+    from components.evaluate.report import frame_psnr
+
+    clip = fit_to_model(load_held_out(tmp_path / "shards", 1)[0], (64, 64), 4, 9)
+    still = float(np.mean([frame_psnr(clip.frames[0], f) for f in clip.frames]))
+    assert metrics["baseline_still_psnr_mean"] == pytest.approx(still, rel=1e-9)
     keys = ("vae_psnr_db", "frame0_psnr_db", "psnr_mean", "rot_err_deg_mean", "rot_err_deg_mean_mirrored",
             "yaw_direction_agreement", "registered_fraction", "trans_err_mean", "cammc_mean", "gen_fps", "latent_fps")
     for k in keys:
@@ -61,7 +69,6 @@ def test_evaluate_end_to_end(tmp_path, monkeypatch):
     assert (tmp_path / "eval" / "contact_sheet.png").is_file()
     table = (tmp_path / "eval" / "table.md").read_text()
     assert "| quantized |" in table and "| teacher |" in table and "rot_err_deg_mean_mirrored" in table
-    import numpy as np
 
     smoke = np.load(tmp_path / "eval" / "smoke_input" / "trajectory.npz")
     assert len(smoke["c2w"]) <= 33  # a request the server accepts (its limit is 65 frames)
