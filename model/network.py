@@ -81,10 +81,11 @@ class SanaWM(nn.Module):
         self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
         self.x_embedder = PatchEmbed3D(cfg.latent_channels, D)
         self.y_embedder = _CaptionEmbedder(cfg.text_dim, D)
+        # Plücker embedder: default (random) init. Only each block's ``plucker_proj`` starts at zero, so a
+        # fresh branch B adds nothing yet still learns: with the embedder at zero too, both gradients are
+        # products with the other's zeros and the branch stays dead for ever (measured: a 1000-step base
+        # trained its biases only, and generations ignored the camera).
         self.plucker_embedder = PatchEmbed3D(cfg.plucker_channels, D)
-        # Zero-initialised like the release: a fresh Plücker branch adds nothing.
-        nn.init.zeros_(self.plucker_embedder.proj.weight)
-        nn.init.zeros_(self.plucker_embedder.proj.bias)
         # The release keeps a 3-channel absolute-map embedder it never calls when the chunk-Plücker branch
         # is on (as in every released config); kept so its checkpoint loads strictly.
         self.raymap_embedder = PatchEmbed3D(3, D)

@@ -21,6 +21,9 @@ def test_pretrain_writes_a_half_precision_bundle_that_train_init_loads(tmp_path,
     assert rec["seed"] == 1000 and rec["steps"] == 1 and rec["dtype"] == "float16"
     assert [c["cmd"].split()[2] for c in rec["commands"]] == ["components.ingest", "components.annotate",
                                                                "components.vae", "components.train"]
+    # pretraining runs at the preset's from-scratch LR, not params.yaml's fine-tuning train.lr
+    train_cmd = rec["commands"][-1]["cmd"].split()
+    assert train_cmd[train_cmd.index("--lr") + 1] == "0.0" and "--no-activation-checkpointing" in train_cmd
     from safetensors.torch import load_file
 
     tensors = [t for f in out.rglob("*.safetensors") for t in load_file(str(f)).values() if t.is_floating_point()]

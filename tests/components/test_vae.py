@@ -88,6 +88,28 @@ def test_pca_start_reaches_the_linear_bound_of_its_geometry():
     assert got > 20.0
 
 
+def test_pca_start_survives_float16_weights():
+    """The shipped base bundle stores the VAE in float16: rounding every weight must cost < 0.3 dB. (The
+    decoder's conv_out once split the carriers' constant between weights and a bias that cancel: 5-6 dB.)"""
+    from components.vae.fit import _to_unit, reconstruction_psnr
+    from components.vae.pca_init import pca_init
+    from model.config import VAEConfig
+
+    cfg = VAEConfig(kind="ltx2", latent_channels=32, temporal_stride=4, spatial_stride=8, base_dim=64,
+                    num_layers=0, layout="patch")
+    vae = build_vae(cfg)
+    clips = [render_clip(ClipSpec(kind=KINDS[i % len(KINDS)], num_frames=13, height=32, width=32, seed=20 + i)).frames
+             for i in range(4)]
+    px = [_to_unit(c, "c") for c in clips]
+    pca_init(vae, px[:3])
+    held = torch.stack(px[3:])
+    full = reconstruction_psnr(vae, held)
+    vae.vae.load_state_dict({k: v.half().float() for k, v in vae.vae.state_dict().items()})
+    half = reconstruction_psnr(vae, held)
+    assert full > 18.0, full
+    assert half > full - 0.3, (full, half)
+
+
 def test_pca_init_rejects_a_pyramid_vae():
     from components.vae.pca_init import pca_init
     from model.config import VAEConfig

@@ -128,6 +128,18 @@ def test_fresh_camera_branches_leave_output_unchanged(tiny_cfg):
     assert (live - without).abs().max() > 1e-4  # once trained, the camera does steer the output
 
 
+def test_fresh_camera_branches_can_learn(tiny_cfg):
+    """Zero at the output only: every camera branch's zero-initialised layer gets a non-zero gradient on
+    the first step. (Both Plücker layers at zero once made branch B dead: each gradient had the other's
+    zeros as a factor, and a 1000-step base trained its biases only.)"""
+    net = _net(tiny_cfg).train()
+    inp = make_inputs(tiny_cfg, 6)
+    net(**inp).square().mean().backward()
+    for name, p in net.named_parameters():
+        if name.endswith(("plucker_proj.weight", "out_proj_cam.weight")):
+            assert p.grad is not None and p.grad.abs().max() > 0, name
+
+
 def test_camera_trajectory_changes_output_once_trained(tiny_cfg):
     net = _net(tiny_cfg)
     _perturb_camera(net)
