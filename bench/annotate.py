@@ -183,7 +183,13 @@ def _rows_real_footage(args) -> list[dict]:
                                 "focal_fallback": [sh["focal_fallback"] for sh in res.diagnostics["shots"]
                                                    if sh.get("focal_fallback")],
                                 "dynamic_rejected_share": [sh.get("dynamic_tracks", {}).get("rejected_share")
-                                                           for sh in res.diagnostics["shots"]]}}
+                                                           for sh in res.diagnostics["shots"]],
+                                # Why the focal was (not) trusted: per shot, the sigma reported, the rotation
+                                # test's residual and the SfM candidate's focal before any fallback.
+                                "focal_sigma_rel": [sh.get("focal_sigma_rel") for sh in res.diagnostics["shots"]],
+                                "rotation_residual_p90_px": [sh.get("rotation_residual_p90_px")
+                                                             for sh in res.diagnostics["shots"]],
+                                "focal_checks": [sh.get("focal_checks") for sh in res.diagnostics["shots"]]}}
                 if not args.no_colmap:
                     t0 = time.perf_counter()
                     c2w_c, reg_c, f_c = run_pycolmap(frames, None, Path(td) / "colmap", matching="sequential")

@@ -126,6 +126,13 @@ class PoseEstimatorConfig:
     # Self-calibrated SfM focal is trusted only with a relative sigma below this and a field of view in
     # [10, 170] degrees; otherwise the shot is re-mapped with the default FOV held fixed (flagged default_fov).
     focal_max_sigma_rel: float = 0.03  # focal_confidence < 0.1; clean clips measured at sigma 0.3-2.7 %
+    # SfM focal profile (colmap_backend.focal_profile): log-f steps, range x/÷ span around the mapper's focal,
+    # BA iterations per step (each step starts from its neighbour's solution, so few are needed).
+    focal_profile_step: float = 0.04
+    focal_profile_span: float = 2.0
+    focal_profile_ba_iters: int = 20
+    focal_profile_stop_chi2: float = 100.0  # a side of the scan stops once this far above the optimum, rising
+    focal_profile_rival_chi2: float = 25.0  # another local minimum within this counts as an equal candidate
 
     def __post_init__(self) -> None:
         for name in ("max_corners", "klt_window", "klt_levels", "min_pnp_inliers", "keyframe_max_gap"):

@@ -143,6 +143,16 @@ def scale_free_poses(gray: np.ndarray, K_given: np.ndarray | None, cfg: PoseEsti
                 else:
                     info["focal_fallback"] += "; that map registered too few frames, poses are from the untrusted map"
                 focal_trusted = False
+        if model != "sfm" and Kg is None and np.isfinite(rot.focal_sigma_rel):
+            f_rot, sig_rot = float(rot.K[0, 0]), rot.focal_sigma_rel
+            fov = float(np.degrees(2 * np.arctan(0.5 * w / f_rot)))
+            if not (sig_rot <= cfg.focal_max_sigma_rel and 10.0 <= fov <= 170.0):
+                # The same trust test as SfM's: a hard turn's rotation fit gave +433 % (sigma 8 %) and posed
+                # the clip with it. Re-fit the rotations with the flagged default FOV instead.
+                info["focal_fallback"] = (f"rotation-model focal {f_rot:.1f} px (relative sigma {sig_rot:.3g}, HFOV "
+                                          f"{fov:.1f} deg) not trusted: rotations re-fit with the default "
+                                          f"{cfg.default_hfov_deg:g} deg HFOV held fixed")
+                rot = replace(fit_rotation_model(shot_tracks, idx, h, w, K_def, cfg), focal_sigma_rel=float("inf"))
         if model == "sfm":
             seg_reg = mp.registered
             first = int(np.flatnonzero(seg_reg)[0])

@@ -92,3 +92,47 @@ def test_bad_config_names_the_field():
         PoseEstimatorConfig(colmap_mapper="sequential")
     with pytest.raises(ValueError, match="scale_free_backend"):
         PoseEstimatorConfig(scale_free_backend="orb")
+
+
+def _degrade(frames, seed=0):
+    """Hard footage (as bench/annotate.py degrade): flat contrast, 7 px motion blur, flicker, sensor noise."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    x = 128.0 + 0.45 * (frames.astype(np.float32) - 128.0)
+    k = np.zeros((7, 7), np.float32)
+    k[3, :] = 1.0 / 7.0
+    x = np.stack([cv2.filter2D(f, -1, k) for f in x])
+    x *= (1.0 + rng.uniform(-0.15, 0.15, len(x)))[:, None, None, None].astype(np.float32)
+    return np.clip(x + rng.normal(0.0, 4.0, x.shape), 0, 255).astype(np.uint8)
+
+
+def _honest(res, clip):
+    """A self-calibrated focal is within 3 sigma (+1 % floor) of the truth, or flagged as the default."""
+    if res.intrinsics_source == "default_fov":
+        return res.focal_confidence == 0.0 and "not trusted" in res.diagnostics["focal_fallback"]
+    sig = res.diagnostics["shots"][0]["focal_sigma_rel"]
+    return sig is not None and _focal_err(res, clip) <= 3 * sig + 0.01
+
+
+def test_focal_away_from_the_default_fov_is_self_calibrated():
+    # 50 deg HFOV: the 60 deg default is 19 % off, so a fallback cannot pass for a measurement here.
+    # The bench's orbit clip (320x192, 48 frames): measured +1.2 / +1.3 % in two runs (sigma 0.18 %).
+    # Known gap: a 36-frame mixed clip (seed 9) measured +4.3 % with sigma 0.15 %, so sigma is not yet honest
+    # on every clean clip; this test pins the 2 % target where it is met.
+    c = render_clip(ClipSpec(kind="orbit", speed="slow", num_frames=48, fps=16.0, height=192, width=320, seed=9010,
+                             fov_deg=50.0))
+    res = estimate_poses(c.frames, c.fps, None, scale_free=True)
+    assert res.intrinsics_source == "self_calibrated_sfm", res.diagnostics["focal_fallback"]
+    assert _focal_err(res, c) < 0.02 and res.focal_confidence > 0.1
+    assert _honest(res, c)
+
+
+def test_focal_that_cannot_be_calibrated_is_flagged_not_confidently_wrong():
+    # Hard walk-forward footage: forward motion barely constrains f (measured up to +433 % before the
+    # profile and the rotation-path trust test). Either honest or the flagged default, never confident and wrong.
+    c = render_clip(ClipSpec(kind="walk_forward", speed="slow", num_frames=36, fps=12.0, height=192, width=320,
+                             seed=9, fov_deg=50.0))
+    res = estimate_poses(_degrade(c.frames), c.fps, None, scale_free=True)
+    assert _honest(res, c), (res.intrinsics_source, _focal_err(res, c), res.diagnostics["shots"][0])
+    assert not (_focal_err(res, c) > 0.1 and res.focal_confidence > 0.1)
