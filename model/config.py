@@ -312,7 +312,7 @@ def _small() -> WorldModelConfig:
         # guidance 1 (no CFG): the demo's synthetic clips have no captions, so CFG would only amplify the
         # empty-prompt-vs-no-prompt direction; it also halves the sampler's cost.
         sampler=SamplerConfig(num_steps=20, guidance_scale=1.0, flow_shift=3.0),
-        video_height=64, video_width=96, fps=8.0,
+        video_height=64, video_width=96, fps=16.0,  # the demo data's rate (ingest DATASET_FPS)
     )
 
 

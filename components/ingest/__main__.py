@@ -13,7 +13,7 @@ from collections import Counter
 
 from components.ingest.filters import FilterConfig
 from components.ingest.sources import IngestConfig, ingest_videos
-from components.ingest.synthetic import KINDS, SPLITS, generate_dataset
+from components.ingest.synthetic import DATASET_FPS, KINDS, SPLITS, generate_dataset
 from model.cli import HelpFormatter
 
 
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     real.add_argument("--shot-threshold", type=float, default=27.0, help="ContentDetector threshold (default 27)")
     real.add_argument("--resize", type=int, nargs=2, metavar=("H", "W"), default=None, help="resize clips to HxW")
     real.add_argument("--filter", action="store_true", help="score clips and drop static/blurred/tiny ones")
-    p.add_argument("--fps", type=float, default=None, help="output frame rate (default: 8 synthetic, 16 source)")
+    p.add_argument("--fps", type=float, default=None, help="output frame rate (default: 16, synthetic and source)")
     return p
 
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = not args.no_progress
     if args.synthetic is not None:
         rows = generate_dataset(args.out, args.synthetic, args.seed, height=args.height, width=args.width,
-                                num_frames=args.frames, fps=args.fps or 8.0, kinds=args.kinds, progress=progress,
+                                num_frames=args.frames, fps=args.fps or DATASET_FPS, kinds=args.kinds, progress=progress,
                                 split=args.split, holdout_kinds=args.holdout_kinds)
         kinds = Counter(f"{r['kind']}/{r['speed']}" for r in rows)
         print(f"wrote {len(rows)} synthetic {args.split} clips ({args.frames} frames, {args.height}x{args.width}) "

@@ -85,6 +85,8 @@ def test_every_stage_depends_on_its_code_and_plots_are_declared():
         assert f"components/{step}" in stage["deps"], f"stage {name} does not depend on components/{step}"
         if step in ("vae", "train", "distill", "quantize", "evaluate"):
             assert "model" in stage["deps"], f"stage {name} runs the network but does not depend on model/"
+        if step in ("vae", "train"):  # train.init: a regenerated base checkpoint must re-run them
+            assert "assets/base" in stage["deps"], f"stage {name} does not depend on assets/base"
     plots = [next(iter(p)) if isinstance(p, dict) else p for p in spec["plots"]]
     assert "data/eval/plots/drift.json" in plots
     assert "__pycache__/" in (root / ".dvcignore").read_text()  # bytecode must not dirty the code deps

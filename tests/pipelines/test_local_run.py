@@ -27,7 +27,7 @@ def project(tmp_path_factory):
     shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
     shutil.copy(ROOT / ".gitignore", root / ".gitignore")
     shutil.copy(ROOT / ".dvcignore", root / ".dvcignore")
-    for pkg in ("model", "components", "serving", "pipelines"):  # DVC stages depend on their code
+    for pkg in ("model", "components", "serving", "pipelines", "assets"):  # DVC stages depend on code + base
         shutil.copytree(ROOT / pkg, root / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     (root / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
     subprocess.run(["git", "init", "-q", str(root)], check=True)
