@@ -126,6 +126,7 @@ def _register_rest(pc, rec, tracks: Tracks, fidx, kf, K, R, t, reg, cfg) -> None
 
 def _map(pc, td: Path, tracks: Tracks, fidx: np.ndarray, h: int, w: int, focal_prior, cfg, fixed_K):
     m = len(fidx)
+    pc.set_random_seed(cfg.random_seed)  # process-wide generator, like OpenCV's (see estimate_poses)
     db_path = td / "database.db"
     db = pc.Database.open(str(db_path))
     f0 = float(focal_prior) if focal_prior else 1.2 * max(h, w)
