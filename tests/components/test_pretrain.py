@@ -39,3 +39,23 @@ def test_pretrain_rejects_bad_options(tmp_path, capsys):
 
     assert main(["--out", str(tmp_path / "b"), "--frames", "10"]) == 2
     assert "--frames = 1 + 4k" in capsys.readouterr().err
+
+
+def test_shipped_base_matches_its_preset_and_budget():
+    """assets/base/small (params.yaml train.init) must load strictly into today's small preset, in float16,
+    within the 30 MB budget, with a record of how it was made: a preset change that the base no longer
+    fits (shapes, fps, VAE) fails here rather than in `make run`."""
+    from pathlib import Path
+
+    from components.train.pretrain import SIZE_BUDGET_MB
+    from model.config import WorldModelConfig, get_preset
+    from model.pipeline import WorldModelPipeline
+
+    base = Path(__file__).resolve().parents[2] / "assets" / "base" / "small"
+    cfg = WorldModelConfig.from_dict(json.loads((base / "config.json").read_text()))
+    assert cfg == get_preset("small")
+    rec = json.loads((base / "pretrain.json").read_text())
+    sizes = {str(f.relative_to(base)): f.stat().st_size / 2**20 for f in base.rglob("*.safetensors")}
+    assert sum(sizes.values()) <= SIZE_BUDGET_MB and rec["steps"] >= 1 and rec["commands"]
+    pipe = WorldModelPipeline.from_pretrained(base)  # strict
+    assert sum(p.numel() for p in pipe.network.parameters()) > 1_000_000
