@@ -62,19 +62,26 @@ def test_fit_raises_heldout_psnr_over_random_vae(fitted):
     assert p["target"].shape == p["before"].shape == p["after"].shape == (9, 32, 32, 3)
 
 
+def _patch_vae_and_clips(base_dim: int, n: int, seed: int):
+    """A "patch"-layout tiny LTX-2 VAE (32 latent channels, stride 8x8x4) and n rendered 13-frame 32x32
+    clips as unit tensors (3,13,32,32), plus the uint8 frames."""
+    from components.vae.fit import _to_unit
+    from model.config import VAEConfig
+
+    cfg = VAEConfig(kind="ltx2", latent_channels=32, temporal_stride=4, spatial_stride=8, base_dim=base_dim,
+                    num_layers=0, layout="patch")
+    clips = [render_clip(ClipSpec(kind=KINDS[i % len(KINDS)], num_frames=13, height=32, width=32,
+                                  seed=seed + i)).frames for i in range(n)]
+    return build_vae(cfg), [_to_unit(c, "c") for c in clips], clips
+
+
 def test_pca_start_reaches_the_linear_bound_of_its_geometry():
     """The closed-form start equals (within 0.5 dB) an ideal block-PCA autoencoder with the same latent
     size on the training clips: the norm/SiLU stages are kept ~linear by the carrier channels."""
-    from components.vae.fit import _to_unit, reconstruction_psnr
+    from components.vae.fit import reconstruction_psnr
     from components.vae.pca_init import pca_init
-    from model.config import VAEConfig
 
-    cfg = VAEConfig(kind="ltx2", latent_channels=32, temporal_stride=4, spatial_stride=8, base_dim=128,
-                    num_layers=0, layout="patch")
-    vae = build_vae(cfg)
-    clips = [render_clip(ClipSpec(kind=KINDS[i % len(KINDS)], num_frames=13, height=32, width=32, seed=10 + i)).frames
-             for i in range(3)]
-    px = [_to_unit(c, "c") for c in clips]
+    vae, px, clips = _patch_vae_and_clips(128, 3, seed=10)
     pca_init(vae, px)
     got = reconstruction_psnr(vae, torch.stack(px))  # 13 frames: frame 0 alone + three 4-frame blocks
     # ideal: PCA over 8x8x4 RGB blocks with 32 components, fitted and scored on the same blocks
@@ -91,16 +98,10 @@ def test_pca_start_reaches_the_linear_bound_of_its_geometry():
 def test_pca_start_survives_float16_weights():
     """The shipped base bundle stores the VAE in float16: rounding every weight must cost < 0.3 dB. (The
     decoder's conv_out once split the carriers' constant between weights and a bias that cancel: 5-6 dB.)"""
-    from components.vae.fit import _to_unit, reconstruction_psnr
+    from components.vae.fit import reconstruction_psnr
     from components.vae.pca_init import pca_init
-    from model.config import VAEConfig
 
-    cfg = VAEConfig(kind="ltx2", latent_channels=32, temporal_stride=4, spatial_stride=8, base_dim=64,
-                    num_layers=0, layout="patch")
-    vae = build_vae(cfg)
-    clips = [render_clip(ClipSpec(kind=KINDS[i % len(KINDS)], num_frames=13, height=32, width=32, seed=20 + i)).frames
-             for i in range(4)]
-    px = [_to_unit(c, "c") for c in clips]
+    vae, px, _ = _patch_vae_and_clips(64, 4, seed=20)
     pca_init(vae, px[:3])
     held = torch.stack(px[3:])
     full = reconstruction_psnr(vae, held)
