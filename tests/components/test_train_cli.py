@@ -86,3 +86,19 @@ def test_deepspeed_zero2_two_processes_cpu(shards, tmp_path):
     assert sorted(p.name for p in ck.glob("*optim_states.pt")) == [
         "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
     assert WorldModelPipeline.from_pretrained(out).metadata["kind"] == "teacher"
+
+
+def test_activation_checkpointing_follows_the_device(monkeypatch):
+    import torch
+
+    from components.train.__main__ import build_parser, config_from_args
+
+    def cfg(*argv):
+        return config_from_args(build_parser().parse_args(["--shards", "s", "--out", "o", *argv]))
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cfg().activation_checkpointing is False  # CPU: recomputing costs time and saves nothing needed
+    assert cfg("--activation-checkpointing", "on").activation_checkpointing is True
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cfg().activation_checkpointing is True  # GPU: memory is the limit
+    assert cfg("--no-activation-checkpointing").activation_checkpointing is False
