@@ -52,13 +52,15 @@ pretrain: setup  ## regenerate the base checkpoint assets/base/PRESET (see compo
 	$(VPY) -m components.train.pretrain --preset $(PRESET) --clips $(PRETRAIN_CLIPS) --steps $(PRETRAIN_STEPS) \
 		--out assets/base/$(PRESET) --work build/pretrain/$(PRESET)
 
-# One OpenMP thread: the tests run tiny models, where thread start-up costs more than it saves, and
-# several of them start subprocesses (Triton, KFP tasks) that would otherwise oversubscribe 2 cores.
-test: setup  ## the test suite CI runs (slow cases included)
-	OMP_NUM_THREADS=1 $(VPY) -m pytest -q --durations=15 tests
+# One OpenMP thread per test process: the tests run tiny models, where thread start-up costs more than it
+# saves. One xdist worker per core (at most 4: several tests start their own subprocesses — Triton, KFP
+# tasks, torchrun), each taking whole files so module fixtures (the local DAG run) are built once.
+TEST_WORKERS ?= $(shell n=$$(nproc); [ $$n -gt 4 ] && n=4; echo $$n)
+test: setup  ## the test suite CI runs (slow cases included), TEST_WORKERS processes in parallel
+	OMP_NUM_THREADS=1 $(VPY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 test-fast: setup  ## everything but the slow cases
-	OMP_NUM_THREADS=1 $(VPY) -m pytest -q -m "not slow" tests
+	OMP_NUM_THREADS=1 $(VPY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
 
 compile: setup  ## compile the KFP pipelines to versioned IR YAML under build/pipelines
 	$(VPY) -m pipelines compile --out build/pipelines

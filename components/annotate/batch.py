@@ -19,6 +19,7 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import multiprocessing
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -218,7 +219,11 @@ def run_batch(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Batch
     if cfg.workers == 1 or len(jobs) <= 1:
         records = [_worker(j) for j in tqdm(jobs, disable=not cfg.progress, desc="annotate")]
     else:
-        with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
+        # forkserver, not fork: a forked child of a process whose OpenMP pool (torch, OpenCV) or other threads
+        # already ran can hang for ever on a lock held at fork time (seen in the suite's worker processes).
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx) as pool:
             records = list(tqdm(pool.map(_worker, jobs), total=len(jobs), disable=not cfg.progress, desc="annotate"))
     by_id = {r["id"]: r for r in rows}
     samples, manifest = [], []
