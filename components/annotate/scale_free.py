@@ -144,7 +144,8 @@ def scale_free_poses(gray: np.ndarray, K_given: np.ndarray | None, cfg: PoseEsti
                 # flagged default FOV held fixed instead: a known ~15 % error beats an unbounded one.
                 mp_d = map_tracks(shot_tracks, idx, h, w, None, cfg, fixed_K=K_def)
                 split = info.get("focal_checks", {}).get("focal_split_px")
-                split = f", track groups mapped to {', '.join(f'{x:.1f}' for x in split)} px" if split else ""
+                split = (f", track groups mapped to {'; '.join(', '.join(f'{x:.1f}' for x in sp) for sp in split)} px"
+                         if split else "")
                 info["focal_fallback"] = (f"SfM focal {f_sfm:.1f} px (relative sigma {sig_sfm:.3g}, HFOV {fov:.1f} "
                                           f"deg{split}) not trusted: re-mapped with the default "
                                           f"{cfg.default_hfov_deg:g} deg HFOV held fixed")
