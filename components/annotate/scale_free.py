@@ -133,8 +133,9 @@ def scale_free_poses(gray: np.ndarray, K_given: np.ndarray | None, cfg: PoseEsti
             fov = float(np.degrees(2 * np.arctan(0.5 * w / f_sfm))) if f_sfm > 0 else 0.0
             if cfg.focal_split_groups and sig_sfm <= cfg.focal_max_sigma_rel and 10.0 <= fov <= 170.0:
                 # The profile's sigma assumes independent residuals; a sharp profile can sit in the wrong one of
-                # two basins (see split_focal_check). Re-map disjoint track groups and trust the larger sigma.
-                chk = split_focal_check(shot_tracks, idx, h, w, cfg)
+                # two basins, or be biased (see split_focal_check). Re-map disjoint track groups and trust the
+                # larger sigma.
+                chk = split_focal_check(shot_tracks, idx, h, w, f_sfm, cfg)
                 info["focal_checks"] = {"profile_sigma_rel": sig_sfm, **chk}
                 sig_sfm = max(sig_sfm, chk["focal_split_sigma_rel"])
                 mp.stats["focal_sigma_rel"] = sig_sfm
