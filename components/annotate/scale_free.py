@@ -151,10 +151,16 @@ def scale_free_poses(gray: np.ndarray, K_given: np.ndarray | None, cfg: PoseEsti
                                           f"deg{split}) not trusted: re-mapped with the default "
                                           f"{cfg.default_hfov_deg:g} deg HFOV held fixed")
                 info["sfm_untrusted"] = {**mp.stats, "focal_px": f_sfm}
-                if mp_d.registered.sum() >= max(3, cfg.min_registered_fraction * len(idx)):
+                n_d = mp_d.registered.sum()
+                # Untrusted by the split test alone (a plausible focal whose profile passed), the SfM map keeps
+                # the poses when the default-FOV map registers fewer frames (measured: a thin 192x120 clip with a
+                # moving block, 30/30 -> 18/30); a focal that failed the profile keeps the old rule.
+                if n_d >= max(3, cfg.min_registered_fraction * len(idx)) and not (
+                        "focal_checks" in info and n_d < mp.registered.sum()):
                     mp = mp_d
                 else:
-                    info["focal_fallback"] += "; that map registered too few frames, poses are from the untrusted map"
+                    info["focal_fallback"] += (f"; that map registered {n_d} frames, the untrusted one "
+                                               f"{mp.registered.sum()}: poses are from the untrusted map")
                 focal_trusted = False
         if model != "sfm" and Kg is None and np.isfinite(rot.focal_sigma_rel):
             f_rot, sig_rot = float(rot.K[0, 0]), rot.focal_sigma_rel

@@ -171,7 +171,8 @@ def test_turn_focal_in_the_wrong_basin_is_not_trusted(tmp_path):
     assert sh["model"] == "sfm" and res.registered.mean() > 0.9
     assert _honest(res, c), (res.intrinsics_source, _focal_err(res, c), sh.get("focal_checks"))
     assert not (_focal_err(res, c) > 0.03 and res.focal_confidence > 0.1)
-    # The check itself, on the tracks estimate_poses maps (its trust test runs it only when the profile passes).
+    # The check itself, on the tracks estimate_poses maps (its trust test runs it only when the profile passes):
+    # measured 2.5-8 % on this clip (the profile's curvature: 0.05 %, which a curvature-only check would report).
     cfg = PoseEstimatorConfig(klt_refine_from_birth=False)
     cv2.setRNGSeed(cfg.random_seed)
     gray = normalize_gray(np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]), cfg)
@@ -180,4 +181,4 @@ def test_turn_focal_in_the_wrong_basin_is_not_trusted(tmp_path):
     rejected, _ = inconsistent_tracks(tracks, np.arange(n), h, w, cfg)
     chk = split_focal_check(drop_tracks(tracks, rejected), np.arange(n), h, w, float(sh["sfm"]["focal_ba_px"]),
                             cfg)
-    assert chk["focal_split_sigma_rel"] > cfg.focal_max_sigma_rel, chk
+    assert chk["focal_split_sigma_rel"] > 0.01, chk
