@@ -4,8 +4,10 @@ Per shot (shot cuts found by `tracks.track_clip` split the clip):
 1. fit the rotation-only model (`calibration.fit_rotation_model`: focal by 1-D search, rotations from
    bearings); if it explains the shot (residual below ``rotation_max_residual_px``) the shot is posed
    as pure rotation: zero translation, the focal from the rotation fit;
-2. otherwise pycolmap maps the shot's KLT tracks (`colmap_backend.map_tracks`), with the rotation fit's
-   focal as the initial guess and focal refinement in COLMAP's bundle adjustment;
+2. otherwise pycolmap maps the shot's KLT tracks (`colmap_backend.map_tracks`) from COLMAP's default
+   focal, refined in bundle adjustment and profiled; the focal is trusted only when both its profile
+   sigma and the spread of maps of disjoint track groups (`colmap_backend.split_focal_check`) are small,
+   else the shot is re-mapped with the default FOV held fixed and flagged ``default_fov``;
 3. a frame that neither solved gets an interpolated pose, ``registered=False`` and a reason.
 
 Scale convention (SANA-WM trains on metric poses, which a scale-free clip cannot give): translations are
@@ -24,7 +26,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
 from components.annotate.calibration import fit_rotation_model
-from components.annotate.colmap_backend import map_tracks
+from components.annotate.colmap_backend import map_tracks, split_focal_check
 from components.annotate.geometry import default_intrinsics
 from components.annotate.tracks import drop_tracks, inconsistent_tracks, track_clip
 
@@ -129,19 +131,36 @@ def scale_free_poses(gray: np.ndarray, K_given: np.ndarray | None, cfg: PoseEsti
         if model == "sfm" and Kg is None:
             f_sfm, sig_sfm = float(mp.K[0, 0]), float(mp.stats.get("focal_sigma_rel", float("inf")))
             fov = float(np.degrees(2 * np.arctan(0.5 * w / f_sfm))) if f_sfm > 0 else 0.0
+            if cfg.focal_split_groups and sig_sfm <= cfg.focal_max_sigma_rel and 10.0 <= fov <= 170.0:
+                # The profile's sigma assumes independent residuals; a sharp profile can sit in the wrong one of
+                # two basins, or be biased (see split_focal_check). Re-map disjoint track groups and trust the
+                # larger sigma.
+                chk = split_focal_check(shot_tracks, idx, h, w, f_sfm, cfg)
+                info["focal_checks"] = {"profile_sigma_rel": sig_sfm, **chk}
+                sig_sfm = max(sig_sfm, chk["focal_split_sigma_rel"])
+                mp.stats["focal_sigma_rel"] = sig_sfm
             if not (sig_sfm <= cfg.focal_max_sigma_rel and 10.0 <= fov <= 170.0):
                 # A focal the data does not pin down (hard footage: measured +190 % to +7000 %) would be
                 # reported as if measured and bend every pose with it. Say so, and pose the shot with the
                 # flagged default FOV held fixed instead: a known ~15 % error beats an unbounded one.
                 mp_d = map_tracks(shot_tracks, idx, h, w, None, cfg, fixed_K=K_def)
+                split = info.get("focal_checks", {}).get("focal_split_px")
+                split = (f", track groups mapped to {'; '.join(', '.join(f'{x:.1f}' for x in sp) for sp in split)} px"
+                         if split else "")
                 info["focal_fallback"] = (f"SfM focal {f_sfm:.1f} px (relative sigma {sig_sfm:.3g}, HFOV {fov:.1f} "
-                                          f"deg) not trusted: re-mapped with the default {cfg.default_hfov_deg:g} "
-                                          "deg HFOV held fixed")
+                                          f"deg{split}) not trusted: re-mapped with the default "
+                                          f"{cfg.default_hfov_deg:g} deg HFOV held fixed")
                 info["sfm_untrusted"] = {**mp.stats, "focal_px": f_sfm}
-                if mp_d.registered.sum() >= max(3, cfg.min_registered_fraction * len(idx)):
+                n_d = mp_d.registered.sum()
+                # Untrusted by the split test alone (a plausible focal whose profile passed), the SfM map keeps
+                # the poses when the default-FOV map registers fewer frames (measured: a thin 192x120 clip with a
+                # moving block, 30/30 -> 18/30); a focal that failed the profile keeps the old rule.
+                if n_d >= max(3, cfg.min_registered_fraction * len(idx)) and not (
+                        "focal_checks" in info and n_d < mp.registered.sum()):
                     mp = mp_d
                 else:
-                    info["focal_fallback"] += "; that map registered too few frames, poses are from the untrusted map"
+                    info["focal_fallback"] += (f"; that map registered {n_d} frames, the untrusted one "
+                                               f"{mp.registered.sum()}: poses are from the untrusted map")
                 focal_trusted = False
         if model != "sfm" and Kg is None and np.isfinite(rot.focal_sigma_rel):
             f_rot, sig_rot = float(rot.K[0, 0]), rot.focal_sigma_rel

@@ -36,14 +36,21 @@ def test_pure_rotation_is_posed_as_rotation_with_self_calibrated_focal(yaw_clip)
 def test_translating_clip_self_calibrates_through_sfm(mixed_clip):
     c = mixed_clip
     res = estimate_poses(c.frames, c.fps, None, scale_free=True)
-    assert res.intrinsics_source == "self_calibrated_sfm" and res.diagnostics["shots"][0]["model"] == "sfm"
+    assert res.diagnostics["shots"][0]["model"] == "sfm"
     assert res.registered.mean() > 0.9
     reg = res.registered
     e, g = res.c2w[reg], c.c2w[reg]
     assert M.ate(e, g, "sim3")["rmse"] < 0.01 * M.path_length(g)
     assert M.relative_rotation_error(e, g).mean() < 0.3
-    # 192x120 px, slow: measured 2.6 % (the 2 % target is met at 320x192, see bench/annotate.py real-footage).
-    assert _focal_err(res, c) < 0.035 and 0.0 < res.focal_confidence <= 1.0
+    # 192x120 px, slow: measured 1.7-2.6 % (the 2 % target is met at 320x192, see bench/annotate.py real-footage).
+    # Its track halves are thin (~140 tracks each): one maps to +4 %, or in some runs +42 % with a profile
+    # spanning 130-430 px, and then split_focal_check flags the shot. Either outcome is honest; the 320x192
+    # orbit test below pins self-calibration itself.
+    if res.intrinsics_source == "default_fov":
+        assert res.focal_confidence == 0.0 and "track groups mapped" in res.diagnostics["focal_fallback"]
+    else:
+        assert res.intrinsics_source == "self_calibrated_sfm"
+        assert _focal_err(res, c) < 0.035 and 0.0 < res.focal_confidence <= 1.0
     # Scale-free unit: the median scene depth from frame 0 (the synthetic room is a few metres deep).
     assert 0.05 < M.path_length(res.c2w) / M.path_length(c.c2w) < 5.0
 
@@ -140,3 +147,38 @@ def test_focal_that_cannot_be_calibrated_is_flagged_not_confidently_wrong():
     assert _honest(res, c), (res.intrinsics_source, _focal_err(res, c), res.diagnostics["shots"][0])
     assert not (_focal_err(res, c) > 0.1 and res.focal_confidence > 0.1)
 
+
+
+
+def test_turn_focal_in_the_wrong_basin_is_not_trusted(tmp_path):
+    # The bench's clean turn (bench/annotate.py --mode real-footage --fov 50: 320x192, 48 frames, H.264 round
+    # trip). A forward-moving, yawing camera trades focal against scene depth: the all-track SfM map sits at
+    # +5.4-6.0 % (SIFT-based pycolmap +5.5 %) with a profile that is erratic (sigma 0.05 %, confidence 0.997, in
+    # one run; a rival basin, sigma 13 %, in the next), so before split_focal_check this clip was confidently
+    # wrong in about every other run. Random track halves map 5-17 % apart, each with a sharp profile.
+    import cv2
+
+    from components.annotate.colmap_backend import split_focal_check
+    from components.annotate.tracks import drop_tracks, inconsistent_tracks, normalize_gray, track_clip
+    from model.video_io import read_video, write_video
+
+    c = render_clip(ClipSpec(kind="turn", speed="slow", num_frames=48, fps=16.0, height=192, width=320, seed=9040,
+                             fov_deg=50.0))
+    write_video(c.frames, tmp_path / "clip.mp4", c.fps)
+    frames, fps = read_video(tmp_path / "clip.mp4")
+    res = estimate_poses(frames, fps, None, scale_free=True)
+    sh = res.diagnostics["shots"][0]
+    assert sh["model"] == "sfm" and res.registered.mean() > 0.9
+    assert _honest(res, c), (res.intrinsics_source, _focal_err(res, c), sh.get("focal_checks"))
+    assert not (_focal_err(res, c) > 0.03 and res.focal_confidence > 0.1)
+    # The check itself, on the tracks estimate_poses maps (its trust test runs it only when the profile passes):
+    # measured 2.5-8 % on this clip (the profile's curvature: 0.05 %, which a curvature-only check would report).
+    cfg = PoseEstimatorConfig(klt_refine_from_birth=False)
+    cv2.setRNGSeed(cfg.random_seed)
+    gray = normalize_gray(np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]), cfg)
+    n, h, w = gray.shape
+    tracks = track_clip(gray, cfg)
+    rejected, _ = inconsistent_tracks(tracks, np.arange(n), h, w, cfg)
+    chk = split_focal_check(drop_tracks(tracks, rejected), np.arange(n), h, w, float(sh["sfm"]["focal_ba_px"]),
+                            cfg)
+    assert chk["focal_split_sigma_rel"] > 0.01, chk
