@@ -148,8 +148,6 @@ def test_focal_that_cannot_be_calibrated_is_flagged_not_confidently_wrong():
     assert not (_focal_err(res, c) > 0.1 and res.focal_confidence > 0.1)
 
 
-
-
 def test_turn_focal_in_the_wrong_basin_is_not_trusted(tmp_path):
     # The bench's clean turn (bench/annotate.py --mode real-footage --fov 50: 320x192, 48 frames, H.264 round
     # trip). A forward-moving, yawing camera trades focal against scene depth: the all-track SfM map sits at
