@@ -1,4 +1,4 @@
-"""``python -m components.train.pretrain --preset small --out assets/base/small [--clips 32 --steps 5250]``
+"""``python -m components.train.pretrain --preset small --out assets/base/small [--clips 128 --steps 5250]``
 
 Regenerates the base checkpoint that ``make run`` can fine-tune (``params.yaml`` ``train.init``), with this
 project's own steps only: ``ingest`` (synthetic training split, its own seed so the scenes differ from
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--preset", default="small")
     ap.add_argument("--out", required=True, type=Path, help="bundle folder to (re)write, e.g. assets/base/small")
     ap.add_argument("--work", type=Path, default=Path("build/pretrain"), help="scratch folder (data, cache)")
-    ap.add_argument("--clips", type=int, default=32, help="synthetic training clips")
+    ap.add_argument("--clips", type=int, default=128, help="synthetic training clips (the shipped base: 128)")
     ap.add_argument("--frames", type=int, default=33, help="frames per clip (1 + 4k)")
     ap.add_argument("--height", type=int, default=64)
     ap.add_argument("--width", type=int, default=96)
