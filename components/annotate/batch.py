@@ -195,6 +195,8 @@ def run_batch(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Batch
     ``captioner``: optional callable (frames uint8 (N,H,W,3), fps) -> str, run on kept clips when packing.
     ``ids``: annotate only these clips (one group of ``components.annotate.fanout``'s plan), in manifest
     order; an id the manifest lacks is a ValueError.
+    With ``cfg.workers > 1`` the workers come from a forkserver: as with spawn, a script that calls this
+    needs the ``if __name__ == "__main__":`` guard (the package CLIs and KFP executors have it).
     Returns a summary dict(kept, dropped, failed, computed, cached, shards, records).
     """
     cfg = cfg or BatchConfig()
