@@ -41,11 +41,14 @@ def mirror_trajectory(c2w: np.ndarray) -> np.ndarray:
 
 
 def yaw_curve_deg(c2w: np.ndarray) -> np.ndarray:
-    """(N,) signed yaw (deg) of each pose relative to the first, about the first camera's +Y axis."""
+    """(N,) signed yaw (deg) of each pose relative to the first, about the first camera's +Y axis.
+
+    Cumulative: unwrapped along the path, so a camera that keeps turning right reads 195 deg, not -165
+    (frame-to-frame turns are assumed < 180 deg)."""
     c2w = np.asarray(c2w, np.float64)
     rel = np.linalg.inv(c2w[0]) @ c2w
     fwd = rel[:, :3, 2]  # camera +Z (forward) in the first camera's frame
-    return np.degrees(np.arctan2(fwd[:, 0], fwd[:, 2]))
+    return np.degrees(np.unwrap(np.arctan2(fwd[:, 0], fwd[:, 2])))
 
 
 def total_yaw_deg(c2w: np.ndarray) -> float:

@@ -94,6 +94,10 @@ def test_mirror_and_yaw_helpers():
     assert len(long_c2w) == len(long_K) == 4 * len(right.c2w)
     np.testing.assert_allclose(long_c2w[: len(right.c2w)], right.c2w)
     assert total_yaw_deg(long_c2w[: 2 * len(right.c2w)]) > total_yaw_deg(right.c2w)  # keeps turning
+    # past 180 deg the total keeps counting (a right turn of 195 deg is not a left turn of 165)
+    half_plus = trajectory_from_actions("yaw_right 97.5 2s", fps=8, K=K)
+    np.testing.assert_allclose(total_yaw_deg(half_plus.c2w), 195.0, atol=1.0)
+    np.testing.assert_allclose(total_yaw_deg(mirror_trajectory(half_plus.c2w)), -195.0, atol=1.0)
 
 
 def test_held_out_loader_takes_the_first_clips_and_the_whole_clip(tmp_path):
