@@ -385,6 +385,22 @@ class CameraCondition:
         """Condition for the batch items ``index``."""
         return CameraCondition(self.raymap[index], self.plucker[index])
 
+    def held_still(self) -> CameraCondition:
+        """The same cameras held at frame 0's pose: identity relative pose in every latent frame, each
+        latent frame's own intrinsics (raymap[..., 16:]) in all its ts Plücker slots. The "no camera
+        motion" input of camera guidance (``model.sampling``). Shapes as ``self``: raymap (B,F,20),
+        plucker (B,F,6*ts,h,w); equal to ``camera_condition`` of identity poses when K is constant."""
+        B, F = self.raymap.shape[:2]
+        h, w = self.plucker.shape[-2:]
+        intr = self.raymap[..., 16:].to(torch.float64)  # (B,F,4) fx, fy, cx, cy at latent scale
+        K = torch.zeros(B * F, 3, 3, dtype=torch.float64, device=intr.device)
+        K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2] = intr.reshape(B * F, 4).unbind(-1)
+        K[:, 2, 2] = 1.0
+        eye = torch.eye(4, dtype=torch.float64, device=intr.device).expand(B * F, 4, 4)
+        rays = plucker_rays(eye, K, (h, w)).reshape(B, F, 6, h, w).repeat(1, 1, self.temporal_stride, 1, 1)
+        raymap = torch.cat([eye.reshape(B, F, 16), intr], dim=-1)
+        return CameraCondition(raymap.to(self.raymap.dtype), rays.to(self.plucker.dtype))
+
     @staticmethod
     def cat(items: Sequence[CameraCondition]) -> CameraCondition:
         """Concatenate along the batch (e.g. [cond; uncond] for classifier-free guidance)."""

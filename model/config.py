@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -203,6 +204,10 @@ class SamplerConfig:
     num_steps: int = 60
     guidance_scale: float = 5.0
     flow_shift: float = 9.8
+    # Camera guidance g_cam (model.sampling; 1 = off, the reference): the velocity's camera-driven part is
+    # amplified against the same cameras held still. Teacher samplers only; the distilled student has it
+    # built in (its ODE pairs and DMD real score are sampled with it).
+    camera_guidance_scale: float = 1.0
     # The released streaming student's 4-step schedule, timesteps 1000, 960, 889, 727 (then 0): the flow-
     # shift-8 warp of (1, .75, .5, .25), rounded to the integer timesteps the release lists.
     distilled_sigmas: tuple[float, ...] = (1.0, 0.96, 0.889, 0.727)
@@ -210,6 +215,8 @@ class SamplerConfig:
     def __post_init__(self) -> None:
         _require(self.num_steps >= 1, f"SamplerConfig.num_steps must be >= 1, got {self.num_steps}")
         _require(self.flow_shift > 0, f"SamplerConfig.flow_shift must be > 0, got {self.flow_shift}")
+        _require(math.isfinite(self.camera_guidance_scale) and self.camera_guidance_scale >= 0,
+                 f"SamplerConfig.camera_guidance_scale must be finite and >= 0, got {self.camera_guidance_scale}")
         _require(len(self.distilled_sigmas) >= 1 and all(0 < s <= 1 for s in self.distilled_sigmas),
                  f"SamplerConfig.distilled_sigmas must lie in (0, 1], got {self.distilled_sigmas}")
 

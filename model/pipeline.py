@@ -115,7 +115,8 @@ class WorldModelPipeline:
     @torch.no_grad()
     def generate(self, image: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray, prompt: str = "",
                  seed: int = 0, mode: Mode = "streaming", num_steps: int | None = None,
-                 guidance_scale: float | None = None, progress: bool = False, refine: bool = False) -> np.ndarray:
+                 guidance_scale: float | None = None, progress: bool = False, refine: bool = False,
+                 camera_guidance_scale: float | None = None) -> np.ndarray:
         """Generate a video that starts at ``image`` and follows the camera trajectory.
 
         Args:
@@ -125,8 +126,8 @@ class WorldModelPipeline:
             prompt: optional text; "" still goes through the text encoder (an empty caption).
             seed: noise seed (same seed, same video).
             mode: "streaming" | "bidirectional" | "few_step".
-            num_steps, guidance_scale: default ``config.sampler``; ``few_step`` uses
-                ``config.sampler.distilled_sigmas`` and guidance 1 and ignores both.
+            num_steps, guidance_scale, camera_guidance_scale: default ``config.sampler``; ``few_step`` uses
+                ``config.sampler.distilled_sigmas`` and guidance 1 (distilled in) and ignores all three.
             refine: run the bundle's stage-2 refiner (``<bundle>/refiner``) on the latents before decoding.
         Returns:
             uint8 (N, H, W, 3) video; frame 0 is the VAE reconstruction of ``image``.
@@ -137,6 +138,8 @@ class WorldModelPipeline:
         cfg, dev = self.config, self.device
         steps = cfg.sampler.num_steps if num_steps is None else int(num_steps)
         guidance = cfg.sampler.guidance_scale if guidance_scale is None else float(guidance_scale)
+        cam_guidance = (cfg.sampler.camera_guidance_scale if camera_guidance_scale is None
+                        else float(camera_guidance_scale))
         if steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {steps}")
 
@@ -152,11 +155,11 @@ class WorldModelPipeline:
         if mode == "bidirectional":
             latents = sample_bidirectional(self.network, cond_latent, F, cond, num_steps=steps,
                                            guidance_scale=guidance, shift=cfg.sampler.flow_shift, generator=gen,
-                                           chunk_lens=lens, progress=progress)
+                                           chunk_lens=lens, progress=progress, camera_guidance=cam_guidance)
         elif mode == "streaming":
             latents = sample_chunk_causal(self.network, cond_latent, F, cond, chunk_lens=lens, num_steps=steps,
                                           guidance_scale=guidance, shift=cfg.sampler.flow_shift, generator=gen,
-                                          progress=progress)
+                                          progress=progress, camera_guidance=cam_guidance)
         else:
             latents = sample_few_step(self.network, cond_latent, F, cond, chunk_lens=lens,
                                       sigmas=cfg.sampler.distilled_sigmas, generator=gen, progress=progress)

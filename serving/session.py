@@ -17,7 +17,7 @@ frame 0, so this equals slicing a whole-path condition (the parity test against
 ``WorldModelPipeline.generate`` checks it end to end), and no per-chunk cost grows with the session.
 
 The sampler loop below mirrors ``model.sampling._rollout`` one chunk at a time, built from the public
-pieces (``FlowMatchScheduler``, ``draw_chunk_noise``, ``Conditioning.for_cfg``, ``forward_chunk``): it
+pieces (``FlowMatchScheduler``, ``draw_chunk_noise``, ``Guidance``, ``forward_chunk``): it
 draws noise in the same order, so a session steered with a whole trajectory's poses reproduces
 ``generate(mode=...)`` for the same seed. What model/ could expose to drop this copy: a per-chunk
 ``pipeline.stream(image, K, seed, prompt, mode)`` object and a ``VideoVAE.decode_stream`` cache.
@@ -291,7 +291,7 @@ class StreamingSession:
         s = cfg.sampler
         if mode == "few_step":
             self.sigmas = [float(v) for v in s.distilled_sigmas] + [0.0]
-            self.guidance, self.stochastic = 1.0, True
+            guidance, camera_guidance, self.stochastic = 1.0, 1.0, True  # distilled into the student
         else:
             from model.sampling import FlowMatchScheduler
 
@@ -299,8 +299,11 @@ class StreamingSession:
             if steps < 1:
                 raise SessionError(f"num_steps must be >= 1, got {steps}")
             self.sigmas = FlowMatchScheduler(s.flow_shift).sigmas(steps).tolist()
-            self.guidance, self.stochastic = float(s.guidance_scale), False
-        self.use_cfg = self.guidance != 1.0
+            guidance, camera_guidance, self.stochastic = s.guidance_scale, s.camera_guidance_scale, False
+        from model.sampling import Guidance
+
+        # the same branches as model.sampling's rollout, so a session streams what generate() returns
+        self.guide = Guidance.of(guidance, camera_guidance, has_camera=True)
 
         net, dev = pipeline.network, pipeline.device
         with torch.no_grad():
@@ -365,7 +368,7 @@ class StreamingSession:
         it, but its frames then no longer line up with ``generate`` on one long trajectory.
         """
         from model.camera import camera_condition
-        from model.sampling import Conditioning, FlowMatchScheduler, draw_chunk_noise
+        from model.sampling import FlowMatchScheduler, draw_chunk_noise
 
         poses = self.poses_for(c2w, action, partial=partial)
         cfg, dev = self.cfg, self.pipeline.device
@@ -376,10 +379,8 @@ class StreamingSession:
                                (self.height, self.width), cfg.latent_hw, self.ts, dtype=torch.float32).to(dev)
         if not first:
             cam = cam.slice_frames(1, 1 + f)
-        if self.use_cfg:
-            text, mask, cam_in = Conditioning(self.text, self.mask, cam).for_cfg(cam)
-        else:
-            text, mask, cam_in = self.text, self.mask, cam
+        text, mask = self.guide.text_batch(self.text, self.mask)
+        cam_in = self.guide.camera_batch(cam)
         if self._pending is not None:  # the previous chunk's clean pass, deferred to now
             self.state = self._clean_pass(*self._pending, text, mask)
             self._pending = None
@@ -408,17 +409,13 @@ class StreamingSession:
         return frames, out_poses
 
     def _velocity(self, x, sigma, text, mask, cam):
-        if self.use_cfg:
-            v, _ = self.pipeline.network.forward_chunk(torch.cat([x, x]), torch.cat([sigma, sigma]), text, mask,
-                                                       cam, self.state)
-            v_cond, v_uncond = v.chunk(2)
-            return torch.lerp(v_uncond, v_cond, self.guidance)
-        v, _ = self.pipeline.network.forward_chunk(x, sigma, text, mask, cam, self.state)
-        return v
+        g = self.guide
+        v, _ = self.pipeline.network.forward_chunk(g.batch(x), g.batch(sigma), text, mask, cam, self.state)
+        return g.combine(v)
 
     def _clean_pass(self, x, cam, text, mask):
         """One sigma-0 pass on a finished chunk writes it into the stream state."""
-        xx = torch.cat([x, x]) if self.use_cfg else x
+        xx = self.guide.batch(x)
         _, state = self.pipeline.network.forward_chunk(xx, xx.new_zeros(xx.shape[0], xx.shape[2]), text, mask,
                                                        cam, self.state)
         return state

@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latent-frames", type=int, default=None,
                     help="latent frames per clip (default: the most every clip supplies, at most 7)")
     ap.add_argument("--max-clips", type=int, default=16, help="use at most this many clips")
+    ap.add_argument("--camera-guidance", type=float, default=None,
+                    help="teacher camera guidance distilled into the student (ODE pairs, DMD real score); "
+                         "default: the teacher bundle's sampler.camera_guidance_scale")
     ap.add_argument("--seed", type=int, default=0, help="seed for pairs, rollouts and noise")
     ap.add_argument("--cache-dir", default=None, help="latent cache (default <out>.cache)")
     from components.common.tracking import add_tracking_args, logger_from_args
@@ -56,16 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     ds = ClipLatentDataset(samples, cfg, a.latent_frames, pipe.vae, pipe.text_encoder,
                            a.cache_dir or str(a.out).rstrip("/") + ".cache")
     conds = conditions_from_dataset(ds, cfg)
+    cam_g = cfg.sampler.camera_guidance_scale if a.camera_guidance is None else a.camera_guidance
     dc = DistillConfig(latent_frames=a.latent_frames, teacher_steps=a.teacher_steps, ode_steps=a.ode_steps,
-                       dmd=DMDConfig(steps=a.dmd_steps), seed=a.seed)
+                       camera_guidance=cam_g, dmd=DMDConfig(steps=a.dmd_steps, real_camera_guidance=cam_g), seed=a.seed)
     with logger_from_args(a, "distill") as logger:
         logger.log_params({"distill.ode_steps": a.ode_steps, "distill.dmd_steps": a.dmd_steps,
-                           "distill.teacher_steps": a.teacher_steps, "distill.clips": len(ds)})
+                           "distill.teacher_steps": a.teacher_steps, "distill.clips": len(ds),
+                           "distill.camera_guidance": cam_g})
         student, report = run_distill(pipe.network, conds, cfg, dc, log=lambda m, step: logger.log_metrics(m, step))
         logger.log_metrics({f"final.{k}": v for k, v in report["final"].items()})
     out = WorldModelPipeline(cfg, student, pipe.vae, pipe.text_encoder)
     out.save_pretrained(a.out, kind="student", info={
         "sampler_mode": "few_step", "distilled_sigmas": list(cfg.sampler.distilled_sigmas),
+        "distilled_camera_guidance": cam_g,
         "teacher": str(Path(a.teacher).resolve()), "errors": report["final"], "errors_before": report["before"],
         "errors_after_ode": report["after_ode"]})
     print(json.dumps({k: report[k] for k in ("before", "after_ode", "final")}, indent=1))

@@ -34,6 +34,7 @@ class DMDConfig:
     min_t: float = 0.02
     max_t: float = 0.98
     real_guidance: float = 1.0  # CFG of the real score (the teacher's sampler value on GPU runs)
+    real_camera_guidance: float = 1.0  # camera guidance of the real score (model.sampling; the teacher's value)
     grad_clip: float = 1.0
 
     def __post_init__(self) -> None:
@@ -85,8 +86,10 @@ def _diffuse(x0: torch.Tensor, cfg: DMDConfig, generator: torch.Generator) -> tu
     return FlowMatchScheduler.add_noise(x0, eps, sigma), sigma, eps
 
 
-def _x0(net: nn.Module, x_t: torch.Tensor, sigma: torch.Tensor, conds: ClipConditions, guidance: float) -> torch.Tensor:
-    v = guided_velocity(net, x_t, sigma, conds.cond, guidance, mode="chunk_causal", chunk_lens=conds.chunk_lens)
+def _x0(net: nn.Module, x_t: torch.Tensor, sigma: torch.Tensor, conds: ClipConditions, guidance: float,
+        camera_guidance: float = 1.0) -> torch.Tensor:
+    v = guided_velocity(net, x_t, sigma, conds.cond, guidance, mode="chunk_causal", chunk_lens=conds.chunk_lens,
+                        camera_guidance=camera_guidance)
     return FlowMatchScheduler.predict_x0(x_t, v, sigma)
 
 
@@ -124,7 +127,7 @@ def dmd_train(student: nn.Module, teacher: nn.Module, fake: nn.Module, conds: Cl
         x0 = self_forcing_rollout(student, c, sigmas, g)
         with torch.no_grad():
             x_t, sigma, _ = _diffuse(x0.detach(), cfg, g)
-            real = _x0(teacher, x_t, sigma, c, cfg.real_guidance)
+            real = _x0(teacher, x_t, sigma, c, cfg.real_guidance, cfg.real_camera_guidance)
             fake_x0 = _x0(fake, x_t, sigma, c, 1.0)
             norm = (x0 - real).abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-6)
             grad = (fake_x0 - real) / norm

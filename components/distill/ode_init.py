@@ -74,7 +74,7 @@ class OdePairs:
 @torch.no_grad()
 def collect_ode_pairs(teacher: nn.Module, conds: ClipConditions, sigmas: tuple[float, ...], num_steps: int,
                       shift: float, guidance_scale: float, seed: int, inputs: str = "interpolant",
-                      noises_per_condition: int = 1) -> OdePairs:
+                      noises_per_condition: int = 1, camera_guidance: float = 1.0) -> OdePairs:
     """Run the teacher's N-step streaming sampler and build the student's inputs at the distilled ``sigmas``.
 
     ``inputs="trajectory"``: the teacher's own state at each s (Euler is linear in sigma inside a step, so
@@ -82,6 +82,7 @@ def collect_ode_pairs(teacher: nn.Module, conds: ClipConditions, sigmas: tuple[f
     eps the trajectory's starting noise: the points a deterministic few-step sampler visits when its x0
     predictions are right, so training inputs match sampling inputs (the reflow view of ODE pairs).
     ``noises_per_condition`` draws several trajectories per condition (more pairs, less over-fitting).
+    ``guidance_scale`` / ``camera_guidance``: the teacher's guidance, distilled into the student.
     """
     if inputs not in ("interpolant", "trajectory"):
         raise ValueError(f"inputs must be 'interpolant' or 'trajectory', got {inputs!r}")
@@ -91,11 +92,12 @@ def collect_ode_pairs(teacher: nn.Module, conds: ClipConditions, sigmas: tuple[f
     rec = _Recorder(teacher)
     gen = torch.Generator().manual_seed(seed)
     x0 = sample_chunk_causal(rec, conds.cond_latent, conds.num_frames, conds.cond, chunk_lens=conds.chunk_lens,
-                             num_steps=num_steps, guidance_scale=guidance_scale, shift=shift, generator=gen)
+                             num_steps=num_steps, guidance_scale=guidance_scale, shift=shift, generator=gen,
+                             camera_guidance=camera_guidance)
     states: list[list[torch.Tensor]] = []
     for k, n in enumerate(conds.chunk_lens):
         off = sum(conds.chunk_lens[:k])
-        steps = [c["x"][:B] for c in rec.calls if c["offset"] == off]  # [:B] drops a CFG batch's copy
+        steps = [c["x"][:B] for c in rec.calls if c["offset"] == off]  # [:B] drops the guidance branches' copies
         grid = FlowMatchScheduler(shift).sigmas(num_steps).tolist()
         if len(steps) != num_steps:
             raise AssertionError(f"chunk {k}: recorded {len(steps)} denoising calls, expected {num_steps}")

@@ -11,6 +11,7 @@ import copy
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -40,6 +41,7 @@ class DistillConfig:
     ode_lr: float = 3e-4
     ode_batch: int = 4
     guidance_scale: float = 1.0  # teacher CFG for the ODE pairs (1 = unguided; CPU presets)
+    camera_guidance: float = 1.0  # teacher camera guidance (model.sampling) for the ODE pairs and references
     ode_inputs: str = "interpolant"  # or "trajectory" (see ode_init.collect_ode_pairs)
     noises_per_condition: int = 4
     dmd: DMDConfig = field(default_factory=DMDConfig)
@@ -81,7 +83,7 @@ def _rel_mse(a: torch.Tensor, ref: torch.Tensor) -> float:
 @torch.no_grad()
 def few_step_errors(student: nn.Module, teacher: nn.Module, conds: ClipConditions, sigmas: tuple[float, ...],
                     shift: float, guidance_scale: float, reference_steps: int = 50, seed: int = 1234,
-                    cache: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+                    cache: dict[str, torch.Tensor] | None = None, camera_guidance: float = 1.0) -> dict[str, float]:
     """Relative MSE to the teacher's ``reference_steps`` output, same noise for every sampler.
 
     Returns student_4step_vs_teacher_50, teacher_4step_vs_teacher_50 (the teacher on its own 4-step
@@ -94,9 +96,9 @@ def few_step_errors(student: nn.Module, teacher: nn.Module, conds: ClipCondition
     cache = {} if cache is None else cache  # the teacher's outputs do not change between evaluations
     if "ref" not in cache:
         cache["ref"] = run(lambda **kw: sample_chunk_causal(teacher, **kw), num_steps=reference_steps,
-                           guidance_scale=guidance_scale, shift=shift)
+                           guidance_scale=guidance_scale, shift=shift, camera_guidance=camera_guidance)
         cache["t4"] = run(lambda **kw: sample_chunk_causal(teacher, **kw), num_steps=len(sigmas),
-                          guidance_scale=guidance_scale, shift=shift)
+                          guidance_scale=guidance_scale, shift=shift, camera_guidance=camera_guidance)
     ref, t4 = cache["ref"], cache["t4"]
     s4 = run(lambda **kw: sample_few_step(student, **kw), sigmas=sigmas, stochastic=False)
     s4s = run(lambda **kw: sample_few_step(student, **kw), sigmas=sigmas, stochastic=True)
@@ -116,11 +118,13 @@ def run_distill(teacher: nn.Module, conds: ClipConditions, world_cfg: Any, cfg: 
     train_c, held_c = split(conds, cfg.heldout_fraction, cfg.seed)
     report: dict[str, Any] = {"clips_train": len(train_c), "clips_heldout": len(held_c), "sigmas": list(sigmas)}
     tcache: dict[str, torch.Tensor] = {}
-    report["before"] = few_step_errors(teacher, teacher, held_c, sigmas, shift, cfg.guidance_scale,
-                                       cfg.eval_reference_steps, cache=tcache)
+    errors = partial(few_step_errors, teacher=teacher, conds=held_c, sigmas=sigmas, shift=shift,
+                     guidance_scale=cfg.guidance_scale, reference_steps=cfg.eval_reference_steps, cache=tcache,
+                     camera_guidance=cfg.camera_guidance)
+    report["before"] = errors(teacher)
 
     pairs: OdePairs = collect_ode_pairs(teacher, train_c, sigmas, cfg.teacher_steps, shift, cfg.guidance_scale,
-                                        cfg.seed, cfg.ode_inputs, cfg.noises_per_condition)
+                                        cfg.seed, cfg.ode_inputs, cfg.noises_per_condition, cfg.camera_guidance)
     train_c = pairs.conds  # repeated per noise draw
     student = copy.deepcopy(teacher).requires_grad_(True).train()
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.ode_lr, weight_decay=0.0)
@@ -142,8 +146,7 @@ def run_distill(teacher: nn.Module, conds: ClipConditions, world_cfg: Any, cfg: 
     report["ode_loss_first"] = losses[0] if losses else None
     report["ode_loss_last"] = losses[-1] if losses else None
     student.eval()
-    report["after_ode"] = few_step_errors(student, teacher, held_c, sigmas, shift, cfg.guidance_scale,
-                                          cfg.eval_reference_steps, cache=tcache)
+    report["after_ode"] = errors(student)
 
     if cfg.dmd.steps > 0:
         fake = copy.deepcopy(teacher).requires_grad_(True).train()
@@ -152,6 +155,5 @@ def run_distill(teacher: nn.Module, conds: ClipConditions, world_cfg: Any, cfg: 
                          log=(lambda m: log(m, cfg.ode_steps + m["dmd_step"])) if log is not None else None)
         report["dmd"] = hist
         student.eval()
-    report["final"] = few_step_errors(student, teacher, held_c, sigmas, shift, cfg.guidance_scale,
-                                      cfg.eval_reference_steps, cache=tcache)
+    report["final"] = errors(student)
     return student.requires_grad_(False), report

@@ -47,6 +47,29 @@ def test_ode_pairs_interpolant_and_trajectory(tiny):
         collect_ode_pairs(net, conds, sig, 4, 3.0, 1.0, seed=0, inputs="bogus")
 
 
+def test_ode_pairs_carry_the_teacher_camera_guidance(tiny):
+    # The student learns the guided teacher: its pairs' targets are the camera-guided rollout itself
+    import copy
+
+    from model.sampling import sample_chunk_causal
+
+    cfg, pipe, conds = tiny
+    net = copy.deepcopy(pipe.network).eval()
+    with torch.no_grad():  # zero-initialised camera branches would hide the camera
+        g = torch.Generator().manual_seed(0)
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    sig, shift = (1.0, 0.75, 0.5, 0.25), cfg.sampler.flow_shift
+    guided = collect_ode_pairs(net, conds, sig, 4, shift, 1.0, seed=0, camera_guidance=3.0)
+    plain = collect_ode_pairs(net, conds, sig, 4, shift, 1.0, seed=0)
+    ref = sample_chunk_causal(net, conds.cond_latent, conds.num_frames, conds.cond, chunk_lens=conds.chunk_lens,
+                              num_steps=4, guidance_scale=1.0, shift=shift, generator=torch.Generator().manual_seed(0),
+                              camera_guidance=3.0)
+    torch.testing.assert_close(guided.x0, ref)
+    assert guided.states[1][0].shape == plain.states[1][0].shape  # the still branch's copies are dropped
+    assert (guided.x0 - plain.x0).abs().max() > 1e-3
+
+
 def test_self_forcing_rollout_grads_reach_student_only(tiny):
     cfg, pipe, conds = tiny
     import copy

@@ -300,3 +300,17 @@ def test_paper_scale_grouping_count():
     groups = latent_frame_groups(121, 8)
     assert groups.shape == (121, 8) and int(groups[-1, -1]) == 960
     assert groups[0].tolist() == list(range(8))
+
+
+def test_held_still_is_the_identity_path_with_the_same_intrinsics():
+    from model.camera import camera_condition
+
+    N, hw, lhw, ts = 9, (32, 48), (4, 6), 4
+    c2w = random_poses(N)
+    K = torch.tensor([[40.0, 0, 24], [0, 40.0, 16], [0, 0, 1]], dtype=torch.float64).repeat(1, N, 1, 1)
+    moving = camera_condition(c2w[None], K, hw, lhw, ts)
+    still = camera_condition(torch.eye(4, dtype=torch.float64).repeat(1, N, 1, 1), K, hw, lhw, ts)
+    held = moving.held_still()
+    assert (moving.plucker - still.plucker).abs().max() > 1e-2  # the path really moves
+    torch.testing.assert_close(held.raymap, still.raymap, atol=1e-9, rtol=0)
+    torch.testing.assert_close(held.plucker, still.plucker, atol=1e-9, rtol=0)

@@ -53,6 +53,31 @@ def test_session_chunks_equal_the_pipeline_video(pipeline, first_frame, mode):
         np.testing.assert_array_equal(got[0], whole[: 1 + FIRST])
 
 
+def test_camera_guided_session_equals_the_pipeline_video(first_frame):
+    # The session runs the samplers' guidance branches (model.sampling.Guidance): with camera guidance on,
+    # its stream state holds the held-still branch too, and the chunks still equal generate()'s latents.
+    from dataclasses import replace
+
+    cfg = replace(TINY, sampler=replace(TINY.sampler, camera_guidance_scale=3.0))
+    pipe = WorldModelPipeline.from_config(cfg, seed=0)
+    with torch.no_grad():  # zero-initialised camera branches would make the camera (and this test) invisible
+        gen = torch.Generator().manual_seed(0)
+        for p in pipe.network.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    n = 1 + FIRST + CHUNK
+    traj = trajectory_from_actions("w 1s; q 2s", fps=TINY.fps, K=K, num_frames=n)
+    whole = pipe.generate(first_frame, traj.c2w, traj.intrinsics, seed=3)
+    unguided = pipe.generate(first_frame, traj.c2w, traj.intrinsics, seed=3, camera_guidance_scale=1.0)
+    assert np.abs(whole.astype(int) - unguided).max() > 0  # the guidance changes the video
+    session = StreamingSession(pipe, first_frame, K, seed=3, mode="streaming")
+    latents, start = [], 1
+    for size in (FIRST, CHUNK):
+        session.step(c2w=traj.c2w[start:start + size])
+        latents.append(session.last_chunk_latents)
+        start += size
+    np.testing.assert_array_equal(_to_uint8(pipe.vae.decode(torch.cat(latents, dim=2))), whole)
+
+
 def test_action_path_is_continuous_across_chunks():
     fps = TINY.fps
     a = action_poses("w", np.eye(4), 12, fps)
