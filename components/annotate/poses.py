@@ -301,8 +301,11 @@ def estimate_poses(
         K = np.broadcast_to(K, (n, 3, 3)).copy()
         source, f_conf = best["focal_source"], float(best["focal_confidence"])
         calib = {"calibration_shot": best, "focal_fallback": best.get("focal_fallback", "")}
-        if source == "default_fov":
+        if source == "default_fov" or not best.get("focal_trusted", True):
+            # The VO re-solves every pose with this K: an untrusted focal buys nothing here, the flagged
+            # default FOV bounds the error.
             K = np.broadcast_to(default_intrinsics(h, w, cfg.default_hfov_deg), (n, 3, 3)).copy()
+            source, f_conf = "default_fov", 0.0
     # OpenCV puts pixel centres at integers, K uses COLMAP's +0.5 centres: shift K once for the tracker's
     # coordinates instead of shifting every point (0.5 px of principal-point error biases the poses).
     K_cv = K.copy()

@@ -7,7 +7,9 @@ Per shot (shot cuts found by `tracks.track_clip` split the clip):
 2. otherwise pycolmap maps the shot's KLT tracks (`colmap_backend.map_tracks`) from COLMAP's default
    focal, refined in bundle adjustment and profiled; the focal is trusted only when both its profile
    sigma and the spread of maps of disjoint track groups (`colmap_backend.split_focal_check`) are small,
-   else the shot is re-mapped with the default FOV held fixed and flagged ``default_fov``;
+   else the shot is re-mapped with the default FOV held fixed and flagged ``default_fov`` (when that map
+   registers fewer frames than the untrusted one, the untrusted map's poses are kept *with its focal*,
+   ``focal_trusted=False`` and a near-zero focal confidence);
 3. a frame that neither solved gets an interpolated pose, ``registered=False`` and a reason.
 
 Scale convention (SANA-WM trains on metric poses, which a scale-free clip cannot give): translations are
@@ -128,6 +130,7 @@ def scale_free_poses(gray: np.ndarray, K_given: np.ndarray | None, cfg: PoseEsti
                 # otherwise keep the rotations but flag every frame.
                 model = "rotation" if p90 < cfg.rotation_fallback_max_residual_px else "rotation_fallback"
         focal_trusted = True
+        untrusted_poses = False  # the poses come from the map made with the untrusted focal
         if model == "sfm" and Kg is None:
             f_sfm, sig_sfm = float(mp.K[0, 0]), float(mp.stats.get("focal_sigma_rel", float("inf")))
             fov = float(np.degrees(2 * np.arctan(0.5 * w / f_sfm))) if f_sfm > 0 else 0.0
@@ -160,7 +163,8 @@ def scale_free_poses(gray: np.ndarray, K_given: np.ndarray | None, cfg: PoseEsti
                     mp = mp_d
                 else:
                     info["focal_fallback"] += (f"; that map registered {n_d} frames, the untrusted one "
-                                               f"{mp.registered.sum()}: poses are from the untrusted map")
+                                               f"{mp.registered.sum()}: poses and focal are from the untrusted map")
+                    untrusted_poses = True
                 focal_trusted = False
         if model != "sfm" and Kg is None and np.isfinite(rot.focal_sigma_rel):
             f_rot, sig_rot = float(rot.K[0, 0]), rot.focal_sigma_rel
@@ -184,8 +188,11 @@ def scale_free_poses(gray: np.ndarray, K_given: np.ndarray | None, cfg: PoseEsti
             if np.isfinite(depth) and depth > 0:
                 seg[:, :3, 3] /= depth  # scale-free unit: median scene depth of the first keyframe
             K_seg, sigma = mp.K, float(mp.stats.get("focal_sigma_rel", float("inf")))
-            if not focal_trusted:
+            if not focal_trusted and not untrusted_poses:
                 K_seg, sigma = K_def, float("inf")
+            # Poses kept from the untrusted map keep its focal too: a pose is only right with the K it was
+            # solved with (the default K beside them would be a second, silent error). Its confidence says
+            # it is untrusted (sigma above focal_max_sigma_rel).
             why = "absolute pose failed (too few tracks on mapped points)"
             rmses.append(mp.reprojection_rmse_px)
         else:
@@ -200,14 +207,14 @@ def scale_free_poses(gray: np.ndarray, K_given: np.ndarray | None, cfg: PoseEsti
             if len(rot.median_residual_px):
                 rmses.append(float(np.median(rot.median_residual_px)))
         source = "given" if Kg is not None else f"self_calibrated_{'sfm' if model == 'sfm' else 'rotation'}"
-        if Kg is None and not np.isfinite(sigma) and (model != "sfm" or not focal_trusted):
+        if Kg is None and not np.isfinite(sigma) and (model != "sfm" or not (focal_trusted or untrusted_poses)):
             K_seg, source = K_def, "default_fov"  # focal not observable (static or featureless shot)
         c2w[idx] = _fill(seg, seg_reg)
         K[idx] = K_seg
         reg[idx] = seg_reg
         for k in np.flatnonzero(~seg_reg):
             reasons[a + k] = why
-        info.update(model=model, focal_px=float(K_seg[0, 0]), focal_source=source,
+        info.update(model=model, focal_px=float(K_seg[0, 0]), focal_source=source, focal_trusted=focal_trusted,
                     focal_sigma_rel=sigma if np.isfinite(sigma) else None,
                     focal_confidence=1.0 if Kg is not None else focal_confidence(sigma))
         shots.append(info)

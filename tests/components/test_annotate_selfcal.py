@@ -46,8 +46,12 @@ def test_translating_clip_self_calibrates_through_sfm(mixed_clip):
     # Its track halves are thin (~140 tracks each): one maps to +4 %, or in some runs +42 % with a profile
     # spanning 130-430 px, and then split_focal_check flags the shot. Either outcome is honest; the 320x192
     # orbit test below pins self-calibration itself.
+    fallback = res.diagnostics["focal_fallback"]
     if res.intrinsics_source == "default_fov":
-        assert res.focal_confidence == 0.0 and "track groups mapped" in res.diagnostics["focal_fallback"]
+        assert res.focal_confidence == 0.0 and "track groups mapped" in fallback
+    elif fallback:  # the untrusted map kept (the default-FOV one registered fewer frames): with its own focal
+        assert "poses and focal are from the untrusted map" in fallback and res.focal_confidence < 0.1
+        np.testing.assert_allclose(res.intrinsics[0, 0, 0], res.diagnostics["shots"][0]["sfm_untrusted"]["focal_px"])
     else:
         assert res.intrinsics_source == "self_calibrated_sfm"
         assert _focal_err(res, c) < 0.035 and 0.0 < res.focal_confidence <= 1.0
