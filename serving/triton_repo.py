@@ -243,7 +243,7 @@ def build_repository(
     model_name: str = "sana_wm",
     max_frames: int | None = None,
     device: str | None = None,
-    default_mode: str = "streaming",
+    default_mode: str | None = None,
     num_steps: int | None = None,
     loader: str = DEFAULT_LOADER,
     project_root: str | Path = PROJECT_ROOT,
@@ -254,7 +254,7 @@ def build_repository(
     max_sessions: int = 4,
     spare_slots: int | None = None,
     idle_timeout_s: float = 60.0,
-    session_mode: str = "few_step",
+    session_mode: str | None = None,
     cuda_available: bool | None = None,
 ) -> Path:
     """Write the models of ``models`` serving ``bundle_dir`` into ``repo_dir``; return repo_dir.
@@ -272,12 +272,15 @@ def build_repository(
         spare_slots: Triton sequence slots per instance beyond ``max_sessions`` (default
             ``max(2, max_sessions)``).
         idle_timeout_s: a session idle this long is dropped (Triton's idle limit is set a little longer).
-        session_mode: ``few_step`` (distilled student) or ``streaming`` for sessions that name no MODE.
+        default_mode, session_mode: the sampler of requests / sessions that name no MODE; None = the bundle's
+            own (``model.pipeline.sampler_mode_of``: ``few_step`` for a distilled student, quantized or not,
+            ``streaming`` for a teacher).
         project_root: where the adapters find the ``serving``/``model`` packages ("" = installed ones).
 
     Each model directory is assembled beside ``repo_dir`` and renamed into place, so a server scanning
     the repository never sees a half-written model; an existing model of the same name is replaced.
     """
+    from model.pipeline import sampler_mode_of
     from serving.session import SESSION_MODES
 
     bundle_dir = Path(bundle_dir).resolve()
@@ -286,6 +289,10 @@ def build_repository(
         raise FileNotFoundError(f"model bundle directory not found: {bundle_dir}")
     if not model_name or "/" in model_name or model_name.startswith("."):
         raise ValueError(f"model_name must be a plain directory name, got {model_name!r}")
+    bundle_mode = sampler_mode_of(json.loads((bundle_dir / "metadata.json").read_text())
+                                  if (bundle_dir / "metadata.json").is_file() else None)
+    default_mode = bundle_mode if default_mode is None else default_mode
+    session_mode = bundle_mode if session_mode is None else session_mode
     if default_mode not in MODES:
         raise ValueError(f"default_mode must be one of {MODES}, got {default_mode!r}")
     if session_mode not in SESSION_MODES:

@@ -111,8 +111,11 @@ def main(argv: list[str] | None = None) -> int:
             if m == a.mode:
                 chosen = (spec, qnet, errs)
         spec, qnet, errs = chosen
+        # a quantized student keeps how it samples (its distilled schedule and guidance)
+        carried = {k: v for k, v in (pipe.metadata.get("info") or {}).items()
+                   if k in ("sampler_mode", "distilled_sigmas", "distilled_camera_guidance")}
         save_quantized_bundle(pipe, qnet, spec, a.out, {"errors": errs, "report": report,
-                                                        "source_kind": pipe.metadata.get("kind")})
+                                                        "source_kind": pipe.metadata.get("kind"), **carried})
     if a.export_engine:  # only reached with CUDA + tensorrt present
         from components.quantize.export import export_engine
 

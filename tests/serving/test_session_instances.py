@@ -21,7 +21,8 @@ INSTANCES, PER_INSTANCE = 2, 1
 def server(bundle, tmp_path_factory):
     root = tmp_path_factory.mktemp("instances")
     repo = build_repository(bundle[0], root / "repo", loader=bundle[1], models=("session",),
-                            instance_count=INSTANCES, max_sessions=PER_INSTANCE, spare_slots=1, idle_timeout_s=30)
+                            instance_count=INSTANCES, max_sessions=PER_INSTANCE, spare_slots=1, idle_timeout_s=30,
+                            session_mode="few_step")
     with TritonServer(repo, log_file=root / "server.log", ready_timeout_s=240) as srv:
         yield srv
 

@@ -31,7 +31,7 @@ FIRST, CHUNK = 12, 12
 @pytest.fixture(scope="module")
 def server(bundle, tmp_path_factory):
     root = tmp_path_factory.mktemp("sessions")
-    repo = build_repository(bundle[0], root / "repo", loader=bundle[1], default_mode="few_step",
+    repo = build_repository(bundle[0], root / "repo", loader=bundle[1], default_mode="few_step", session_mode="few_step",
                             max_sessions=MAX_SESSIONS, spare_slots=2, idle_timeout_s=IDLE_S,
                             max_video_frames=1 + FIRST + 4)
     with TritonServer(repo, log_file=root / "server.log", ready_timeout_s=240) as srv:

@@ -185,3 +185,24 @@ def test_an_unknown_build_record_is_named(bundle, tmp_path):
     q = _quantized(bundle[0], tmp_path, "tpu")
     with pytest.raises(ValueError, match="built_on must be one of .*'tpu'"):
         build_repository(q, tmp_path / "r")
+
+
+def test_requests_and_sessions_sample_as_the_bundle_was_made(bundle, tmp_path):
+    # A distilled student (quantized or not) serves its few-step sampler; a teacher its streaming sampler.
+    # (The deploy once served the NVFP4 student with the teacher's 20-step sampler: 5x the work.)
+    from model.pipeline import WorldModelPipeline, sampler_mode_of
+
+    def modes(repo):
+        video = read_model_config(repo / "sana_wm_video").parameters["default_mode"].string_value
+        session = read_model_config(repo / "sana_wm_session").parameters["session_mode"].string_value
+        return video, session
+
+    models = ("video", "session")
+    assert modes(build_repository(bundle[0], tmp_path / "t", models=models)) == ("streaming", "streaming")
+    student = tmp_path / "student"
+    WorldModelPipeline.from_pretrained(bundle[0]).save_pretrained(student, kind="student")
+    assert modes(build_repository(student, tmp_path / "s", models=models)) == ("few_step", "few_step")
+    assert modes(build_repository(student, tmp_path / "o", models=models, default_mode="streaming")) == (
+        "streaming", "few_step")  # an explicit choice wins
+    assert sampler_mode_of({"kind": "quantized", "info": {"source_kind": "student"}}) == "few_step"
+    assert sampler_mode_of({"kind": "quantized", "info": {"source_kind": "teacher"}}) == "streaming"

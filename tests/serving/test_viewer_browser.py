@@ -40,7 +40,8 @@ def viewer_url(bundle, tmp_path_factory):
     from serving.viewer import create_app, fetch_config
 
     root = tmp_path_factory.mktemp("viewer")
-    repo = build_repository(bundle[0], root / "repo", loader=bundle[1], models=("session",), max_sessions=2)
+    repo = build_repository(bundle[0], root / "repo", loader=bundle[1], models=("session",), max_sessions=2,
+                            session_mode="few_step")
     with TritonServer(repo, log_file=root / "server.log", ready_timeout_s=240) as triton:
         app = create_app(fetch_config(triton.grpc_url, "sana_wm_session"), root / "clips")
         port = free_port()
