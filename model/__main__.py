@@ -58,7 +58,7 @@ def _generate(args: argparse.Namespace) -> int:
     image = np.asarray(Image.open(args.image).convert("RGB"))
     traj = load_trajectory(args.trajectory)
     video = pipe.generate(image, traj.c2w, traj.intrinsics, prompt=args.prompt, seed=args.seed, mode=args.mode,
-                          progress=True, refine=args.refine)
+                          progress=True, refine=args.refine, camera_guidance_scale=args.camera_guidance)
     write_video(video, args.output, fps=traj.fps)
     print(f"wrote {args.output}: {video.shape[0]} frames {video.shape[1]}x{video.shape[2]}")
     return 0
@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     pg.add_argument("--seed", type=int, default=0)
     pg.add_argument("--mode", default="streaming", choices=["streaming", "bidirectional", "few_step"])
     pg.add_argument("--refine", action="store_true", help="run the bundle's stage-2 refiner before decoding")
+    pg.add_argument("--camera-guidance", type=float, default=None,
+                    help="camera guidance g_cam of the teacher samplers (1 = off; default: the bundle's "
+                         "sampler.camera_guidance_scale; few_step ignores it, the student has it distilled in)")
     pg.add_argument("-o", "--output", required=True, help="output .mp4")
     pm = sub.add_parser("import", help="write our bundle from a released SANA-WM checkpoint on local disk",
                         formatter_class=HelpFormatter)

@@ -107,7 +107,7 @@ def evaluate_variant(pipe, clips: list[HeldOutClip], mode: str, seed: int) -> tu
     *commanded* path of the poses recovered from the video generated for the *mirrored* path: a model
     that ignores the camera scores the same on both, one that follows it much worse on the mirrored run.
     ``yaw_direction_agreement``: fraction of clips with |commanded yaw| >= 2 deg whose recovered total yaw
-    has the commanded sign. ``frame0_psnr_db``: the conditioning frame's round trip through the model.
+    has the commanded sign; ``rot_err_deg_mean{,_mirrored}_yawing``: the two rotation errors over those clips. ``frame0_psnr_db``: the conditioning frame's round trip through the model.
     """
     from components.evaluate.camera_metrics import camera_following_report
     from components.evaluate.report import frame_psnr, mirror_trajectory, total_yaw_deg
@@ -133,6 +133,10 @@ def evaluate_variant(pipe, clips: list[HeldOutClip], mode: str, seed: int) -> tu
         if abs(cmd_yaw) >= YAW_MIN_DEG:
             rep["yaw_direction_agrees"] = bool(np.sign(rec_yaw) == np.sign(cmd_yaw))
             agg.setdefault("yaw_direction_agreement", []).append(float(rep["yaw_direction_agrees"]))
+            # the mirrored control only discriminates where mirroring changes the path (a straight walk's
+            # mirror image is itself): the same pair of means over the clips that turn
+            agg.setdefault("rot_err_deg_mean_yawing", []).append(float(rep["rot_err_deg_mean"]))
+            agg.setdefault("rot_err_deg_mean_mirrored_yawing", []).append(float(rep_m["rot_err_deg_mean"]))
         per_clip[clip.key] = {"report": rep, "video": video, "video_mirrored": video_m}
         for k in ("rot_err_deg_mean", "rot_err_deg_mean_mirrored", "trans_err_mean", "cammc_mean",
                   "registered_fraction", "psnr_mean", "ssim_mean", "frame0_psnr_db", "gen_fps", "latent_fps",
@@ -184,6 +188,7 @@ def evaluate(model_dir: Path, heldout: Path, out: Path, num_clips: int, max_fram
     from components.evaluate.camera_metrics import plot_camera_report
     from components.evaluate.report import (contact_sheet, frame_psnr, plot_drift, plot_paths, side_by_side,
                                             variant_table)
+    from model.pipeline import sampler_mode_of
     from model.quant.bundle import load_bundle
     from model.trajectory import Trajectory, save_trajectory
     from model.video_io import write_video
@@ -194,7 +199,7 @@ def evaluate(model_dir: Path, heldout: Path, out: Path, num_clips: int, max_fram
     main_kind = (pipe.metadata or {}).get("kind") or "model"
 
     def mode_for(p) -> str:  # distilled bundles run few-step; a teacher runs the streaming sampler
-        return mode or ("few_step" if (p.metadata or {}).get("kind") in ("student", "quantized") else "streaming")
+        return mode or sampler_mode_of(p.metadata)
 
     raw = load_held_out(heldout, num_clips)
     max_frames = max_frames or max(len(c.frames) for c in raw)  # the whole held-out clip
@@ -257,12 +262,17 @@ def evaluate(model_dir: Path, heldout: Path, out: Path, num_clips: int, max_fram
         finite = {k: v for k, v in metrics.items() if np.isfinite(v)}  # JSON (and DVC) have no NaN
         (tmp / "metrics.json").write_text(json.dumps(finite, indent=2, sort_keys=True) + "\n")
         detail = {name: {k: v["report"] for k, v in pc.items()} for name, pc in results.items()}
+        # the camera guidance each variant sampled with (a student's is distilled in: its teacher's)
+        cam_g = {n: float(((p.metadata or {}).get("info") or {}).get("distilled_camera_guidance", 1.0))
+                 if mode_for(p) == "few_step" else float(p.config.sampler.camera_guidance_scale)
+                 for n, (p, _) in runs.items()}
         (tmp / "report.json").write_text(json.dumps({"mode": {n: mode_for(p) for n, (p, _) in runs.items()},
+                                                     "camera_guidance": cam_g,
                                                      "main": main_kind, "variants": detail, "drift": drift},
                                                     indent=2, sort_keys=True, default=float))
     logger.log_params({"model": str(model_dir), "mode": mode_for(pipe), "num_clips": num_clips,
                        "max_frames": max_frames, "seed": seed, "preset": cfg.name,
-                       "variants": ",".join(runs)})
+                       "variants": ",".join(runs), "camera_guidance": json.dumps(cam_g)})
     log_dataset(logger, heldout, "heldout", context="evaluation")
     logger.log_metrics(finite)
     for sub in ("plots", "samples"):

@@ -184,7 +184,8 @@ def plot_drift(psnr: list[float], rot_err: list[float], train_frames: int, gt_fr
 
 
 TABLE_KEYS = ("vae_psnr_db", "frame0_psnr_db", "psnr_mean", "ssim_mean", "rot_err_deg_mean",
-              "rot_err_deg_mean_mirrored", "yaw_direction_agreement", "registered_fraction", "gen_seconds")
+              "rot_err_deg_mean_mirrored", "rot_err_deg_mean_yawing", "rot_err_deg_mean_mirrored_yawing",
+              "yaw_direction_agreement", "registered_fraction", "gen_seconds")
 
 
 def variant_table(per_variant: dict[str, dict[str, float]]) -> str:
