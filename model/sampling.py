@@ -179,7 +179,6 @@ class Guidance:
             out = out + (self.camera - 1.0) * (parts[0] - parts[-1])
         return out
 
-
     @classmethod
     def of(cls, guidance_scale: float, camera_guidance: float, has_camera: bool,
            always_batch: bool = False) -> Guidance:
