@@ -43,12 +43,13 @@ MODES = ("streaming", "bidirectional", "few_step")
 
 def sampler_mode_of(metadata: dict[str, Any] | None) -> str:
     """How a bundle samples when nobody says: ``few_step`` for a distilled student (``kind`` "student",
-    ``info.sampler_mode`` "few_step", or a quantized bundle whose ``info.source_kind`` is "student"),
-    else ``streaming`` (a teacher, quantized or not)."""
+    ``info.sampler_mode`` "few_step", or a quantized bundle not made from a teacher: the DAG quantizes the
+    student, and the quantize step records ``info.source_kind``), else ``streaming`` (a teacher, quantized
+    or not)."""
     meta = metadata or {}
     info = meta.get("info") or {}
     distilled = (meta.get("kind") == "student" or info.get("sampler_mode") == "few_step"
-                 or info.get("source_kind") == "student")
+                 or (meta.get("kind") == "quantized" and info.get("source_kind") != "teacher"))
     return "few_step" if distilled else "streaming"
 
 

@@ -206,3 +206,4 @@ def test_requests_and_sessions_sample_as_the_bundle_was_made(bundle, tmp_path):
         "streaming", "few_step")  # an explicit choice wins
     assert sampler_mode_of({"kind": "quantized", "info": {"source_kind": "student"}}) == "few_step"
     assert sampler_mode_of({"kind": "quantized", "info": {"source_kind": "teacher"}}) == "streaming"
+    assert sampler_mode_of({"kind": "quantized", "info": {}}) == "few_step"  # the DAG quantizes the student
