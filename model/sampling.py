@@ -28,6 +28,7 @@ noise for the same seed whatever the device, and streaming and reference rollout
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -184,6 +185,8 @@ class Guidance:
            always_batch: bool = False) -> Guidance:
         """The branches for CFG ``guidance_scale`` and ``camera_guidance`` (``always_batch``: the text branch
         even at g == 1, for tests of the batched path)."""
+        if not math.isfinite(camera_guidance) or camera_guidance < 0:
+            raise ValueError(f"camera_guidance must be finite and >= 0 (1 = off), got {camera_guidance}")
         use_camera = camera_guidance != 1.0
         if use_camera and not has_camera:
             raise ValueError(f"camera_guidance {camera_guidance} needs a camera condition (the camera is None)")

@@ -206,6 +206,8 @@ def test_camera_guidance_adds_the_camera_difference(tiny):
     torch.testing.assert_close(both, v_u + 3.0 * (v_c - v_u) + 1.5 * (v_c - v_s), atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="camera_guidance"):
         guided_velocity(net, x, sigma, Conditioning(cond.text, cond.text_mask, None), 1.0, camera_guidance=2.0)
+    with pytest.raises(ValueError, match="camera_guidance must be finite"):
+        guided_velocity(net, x, sigma, cond, 1.0, camera_guidance=float("nan"))
 
 
 def test_camera_guided_streaming_equals_reference(tiny):
