@@ -107,7 +107,8 @@ def evaluate_variant(pipe, clips: list[HeldOutClip], mode: str, seed: int) -> tu
     *commanded* path of the poses recovered from the video generated for the *mirrored* path: a model
     that ignores the camera scores the same on both, one that follows it much worse on the mirrored run.
     ``yaw_direction_agreement``: fraction of clips with |commanded yaw| >= 2 deg whose recovered total yaw
-    has the commanded sign; ``rot_err_deg_mean{,_mirrored}_yawing``: the two rotation errors over those clips. ``frame0_psnr_db``: the conditioning frame's round trip through the model.
+    has the commanded sign; ``rot_err_deg_mean{,_mirrored}_yawing``: the two rotation errors over those clips.
+    ``frame0_psnr_db``: the conditioning frame's round trip through the model.
     """
     from components.evaluate.camera_metrics import camera_following_report
     from components.evaluate.report import frame_psnr, mirror_trajectory, total_yaw_deg

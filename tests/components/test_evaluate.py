@@ -61,6 +61,9 @@ def test_evaluate_end_to_end(tmp_path, monkeypatch):
         assert isinstance(metrics[f"teacher.{k}"], float), k
     assert metrics["gen_fps"] > 0 and 0 <= metrics["registered_fraction"] <= 1
     assert metrics["yaw_direction_agreement"] in (0.0, 1.0)  # one "turn" clip
+    # that clip turns, so the control over the turning clips is the control over all clips
+    assert metrics["rot_err_deg_mean_yawing"] == metrics["rot_err_deg_mean"]
+    assert metrics["rot_err_deg_mean_mirrored_yawing"] == metrics["rot_err_deg_mean_mirrored"]
     assert metrics["drift.num_frames"] == 13.0  # 0.5 x the default 33-frame training clip, cut to 1 + 4k
     plots = {p.name for p in (tmp_path / "eval" / "plots").glob("*.png")}
     assert plots == {"heldout1-00000.png", "heldout1-00000_path.png", "heldout1-00000_contact_sheet.png", "drift.png"}
