@@ -14,6 +14,7 @@ batch ingest can record the reason per file and carry on.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from collections.abc import Iterator
@@ -85,6 +86,24 @@ def _check_frames(frames: np.ndarray, what: str) -> np.ndarray:
     return frames
 
 
+@functools.cache
+def _x264_params() -> str:
+    """x264 options that make its output a function of the frames alone on this CPU.
+
+    x264's AVX-512 code path is not repeatable: the same clip encoded twice in one process gave different
+    bitstreams (and decoded frames up to 50 grey levels apart) on an AVX-512 machine, while capping the
+    instruction set at AVX2 (or turning off macroblock-tree rate control) gave identical bytes every time,
+    at the same speed. Unrepeatable clips defeat DVC's content hashes and make every annotation run differ.
+    The cap is applied only where the CPU reports both AVX2 and AVX-512 (Linux /proc/cpuinfo); forcing
+    AVX2 on a CPU without it would crash, so elsewhere x264 detects the CPU as usual.
+    """
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return ""
+    return "asm=AVX2" if {"avx2", "avx512f"} <= flags else ""
+
+
 def _encode(frames: np.ndarray, target, fps: float, crf: int, faststart: bool = True) -> None:
     """H.264 yuv420p mp4 of checked frames into ``target`` (a path, or a binary file object: then without
     faststart, which rewrites the finished file by name)."""
@@ -96,7 +115,7 @@ def _encode(frames: np.ndarray, target, fps: float, crf: int, faststart: bool = 
     with av.open(target, mode="w", format="mp4", options=options) as container:
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(int(crf))}
+        stream.options = {"crf": str(int(crf)), **({"x264-params": _x264_params()} if _x264_params() else {})}
         for frame in frames:
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
             container.mux(stream.encode(vf))
