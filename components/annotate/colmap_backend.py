@@ -27,7 +27,7 @@ from components.annotate.tracks import Tracks, drop_tracks
 if TYPE_CHECKING:
     from components.annotate.poses import PoseEstimatorConfig
 
-__all__ = ["MapResult", "map_tracks", "pair_offsets", "split_focal_check"]
+__all__ = ["MapResult", "map_tracks", "pair_offsets", "seeded", "split_focal_check"]
 
 
 def _pycolmap():
@@ -36,6 +36,29 @@ def _pycolmap():
     except ImportError as e:  # optional heavy dependency: fail loudly with the fix
         raise ImportError("scale-free poses without intrinsics need pycolmap: pip install '.[annotate]'") from e
     return pycolmap
+
+
+def seeded(options, seed: int, _depth: int = 0):
+    """``options`` (any pycolmap options object) with every nested ``random_seed`` set to ``seed``; returned.
+
+    pycolmap 4 gives each options struct (mapper, triangulator, RANSAC, rotation averaging, ...) its own
+    generator, seeded from the clock when left at -1, and ``pycolmap.set_random_seed`` does not reach them:
+    the same tracks then mapped to a focal of 289, 506, 336 or 504 px on four runs of one hard clip.
+    """
+    if _depth > 4:
+        return options
+    for name in dir(options):
+        if name.startswith("_"):
+            continue
+        try:
+            value = getattr(options, name)
+        except Exception:  # noqa: BLE001 - some pybind properties raise when unset; they hold no seed
+            continue
+        if name == "random_seed":
+            setattr(options, name, int(seed))
+        elif type(value).__module__.startswith("pycolmap") and hasattr(value, "todict"):
+            seeded(value, seed, _depth + 1)
+    return options
 
 
 @dataclass
@@ -160,7 +183,7 @@ def _register_rest(pc, rec, tracks: Tracks, fidx, kf, K, R, t, reg, cfg) -> None
                 xyz[int(ids[i])] = rec.points3D[p2.point3D_id].xyz
     cam = pc.Camera(model="PINHOLE", width=int(2 * K[0, 2] + 1), height=int(2 * K[1, 2] + 1),
                     params=[K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5])
-    est = pc.AbsolutePoseEstimationOptions()
+    est = seeded(pc.AbsolutePoseEstimationOptions(), cfg.random_seed)
     est.ransac.max_error = 2 * cfg.colmap_ransac_px
     is_kf = np.zeros(len(fidx), bool)
     is_kf[kf] = True
@@ -220,7 +243,7 @@ def _map(pc, td: Path, tracks: Tracks, fidx: np.ndarray, h: int, w: int, focal_p
     db.close()
     pairs_file = td / "pairs.txt"
     pairs_file.write_text("".join(f"{k:06d}.png {j:06d}.png\n" for k, j in pairs))
-    tvg = pc.TwoViewGeometryOptions()
+    tvg = seeded(pc.TwoViewGeometryOptions(), cfg.random_seed)
     tvg.ransac.max_error = cfg.colmap_ransac_px
     tvg.detect_watermark = False  # static overlays are rare in camera footage, and the check costs a RANSAC
     t_v = time.perf_counter()
@@ -231,9 +254,9 @@ def _map(pc, td: Path, tracks: Tracks, fidx: np.ndarray, h: int, w: int, focal_p
     images_dir = td / "images"
     images_dir.mkdir()
     if cfg.colmap_mapper == "global":
-        calib = pc.ViewGraphCalibrationOptions()
+        calib = seeded(pc.ViewGraphCalibrationOptions(), cfg.random_seed)
         stats["view_graph_calibrated"] = bool(pc.calibrate_view_graph(str(db_path), calib))
-        opts = pc.GlobalPipelineOptions()
+        opts = seeded(pc.GlobalPipelineOptions(), cfg.random_seed)
         opts.num_threads = cfg.colmap_threads
         opts.mapper.bundle_adjustment.refine_focal_length = refine
         opts.mapper.bundle_adjustment.refine_principal_point = refine and cfg.refine_principal_point
@@ -242,13 +265,17 @@ def _map(pc, td: Path, tracks: Tracks, fidx: np.ndarray, h: int, w: int, focal_p
         opts.mapper.bundle_adjustment.ceres.use_gpu = False
         recs = pc.global_mapping(str(db_path), str(images_dir), str(td / "sparse"), opts)
     else:
-        opts = pc.IncrementalPipelineOptions()
+        opts = seeded(pc.IncrementalPipelineOptions(), cfg.random_seed)
         opts.num_threads = cfg.colmap_threads
         # Video baselines are small: COLMAP's 16 degree default start angle never comes on slow clips.
         opts.mapper.init_min_tri_angle = cfg.colmap_init_min_tri_angle_deg
         # KLT keyframes share a few hundred tracks; COLMAP's 100-inlier start (set for SIFT's thousands)
         # fails first and costs a relaxation round (~1 s) on every clip.
         opts.mapper.init_min_num_inliers = 50
+        # COLMAP starts up to 50 models, each from up to 200 initial pairs, on what the last left unregistered.
+        # A pure pan (which SfM sees before the rotation model wins) fails them all, each after growing and
+        # bundle-adjusting: the pan's mapping cost grew ~N^2 (48 -> 480 frames: 6.7x the time per frame).
+        opts.max_num_models = cfg.colmap_max_models
         opts.ba_refine_focal_length = refine
         opts.ba_refine_principal_point = refine and cfg.refine_principal_point
         opts.ba_refine_extra_params = refine and cfg.colmap_camera_model == "SIMPLE_RADIAL"

@@ -101,9 +101,15 @@ class PoseEstimatorConfig:
     colmap_max_pair_offset: int = 24  # match frame pairs up to this far apart (offsets ~x1.5 apart)
     colmap_ransac_px: float = 2.0  # two-view RANSAC threshold (KLT tracks are sub-pixel; SIFT default is 4)
     colmap_init_min_tri_angle_deg: float = 4.0
-    colmap_threads: int = 2
+    # One thread: COLMAP's worker threads race (a hard clip registered 0 or 45 of 48 frames on two runs in one
+    # process with 2); with one, a clip's poses repeat exactly, and the batch step already runs clips in parallel.
+    colmap_threads: int = 1
     random_seed: int = 0  # OpenCV's and COLMAP's RANSAC generators, seeded per clip (repeatable poses)
     colmap_keyframe_step: int = 3  # map every k-th frame with SfM, register the rest by absolute pose
+    # Incremental mapper: models started per shot (COLMAP's default 50). Only the largest is kept, and one
+    # covering less than min_registered_fraction sends the shot to the global mapper, so more models are
+    # spent effort; on a pure pan every model fails slowly (no triangulation angle): see colmap_backend.
+    colmap_max_models: int = 2
     # Model selection: a shot whose 90th-percentile per-pair median residual under the best pure rotation
     # is below this (px) is posed as rotation (translation there is not observable from the images).
     rotation_max_residual_px: float = 0.3
@@ -151,6 +157,8 @@ class PoseEstimatorConfig:
             raise ValueError(f"PoseEstimatorConfig.keyframe_track_ratio must be in (0,1], got {self.keyframe_track_ratio}")
         if self.scale_free_backend not in ("sfm", "vo"):
             raise ValueError(f"PoseEstimatorConfig.scale_free_backend must be 'sfm' or 'vo', got {self.scale_free_backend!r}")
+        if self.colmap_max_models < 1:
+            raise ValueError(f"PoseEstimatorConfig.colmap_max_models must be >= 1, got {self.colmap_max_models}")
         if self.colmap_mapper not in ("incremental", "global"):
             raise ValueError(f"PoseEstimatorConfig.colmap_mapper must be 'incremental' or 'global', got {self.colmap_mapper!r}")
         if self.focal_split_groups < 0 or self.focal_split_groups == 1:
