@@ -46,7 +46,7 @@ run: setup  ## run the whole DAG locally (KFP local runner, MLflow/SQLite, DVC, 
 # The base checkpoint `make run` can fine-tune (params.yaml train.init: assets/base/$(PRESET)): this project's
 # own ingest -> annotate -> vae -> train on a seed make run never uses; commands, seeds and sizes are recorded
 # in assets/base/$(PRESET)/pretrain.json. Hours on 2 CPU cores at the default budget.
-PRETRAIN_STEPS ?= 7000
+PRETRAIN_STEPS ?= 9250
 PRETRAIN_CLIPS ?= 128
 pretrain: setup  ## regenerate the base checkpoint assets/base/PRESET (see components/train/pretrain.py)
 	$(VPY) -m components.train.pretrain --preset $(PRESET) --clips $(PRETRAIN_CLIPS) --steps $(PRETRAIN_STEPS) \

@@ -1,4 +1,4 @@
-"""``python -m components.train.pretrain --preset small --out assets/base/small [--clips 128 --steps 7000]``
+"""``python -m components.train.pretrain --preset small --out assets/base/small [--clips 128 --steps 9250]``
 
 Regenerates the base checkpoint that ``make run`` can fine-tune (``params.yaml`` ``train.init``), with this
 project's own steps only: ``ingest`` (synthetic training split, its own seed so the scenes differ from
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--frames", type=int, default=33, help="frames per clip (1 + 4k)")
     ap.add_argument("--height", type=int, default=64)
     ap.add_argument("--width", type=int, default=96)
-    ap.add_argument("--steps", type=int, default=7000, help="train steps (the shipped base: 7000)")
+    ap.add_argument("--steps", type=int, default=9250, help="train steps (the shipped base: 9250)")
     ap.add_argument("--seed", type=int, default=1000, help="data seed (make run uses 0)")
     ap.add_argument("--holdout-kinds", default="turn", help="classes left out, as make run's held-out split does")
     ap.add_argument("--ema", type=float, default=0.999, help="EMA decay of the shipped weights")
