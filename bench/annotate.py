@@ -100,7 +100,9 @@ def run_pycolmap(frames: np.ndarray, K: np.ndarray | None, workdir: Path, init_m
     else:
         # Short clips: exhaustive matching (every pair; covers sequential, and lets loop-like revisits match).
         pycolmap.match_exhaustive(db, device=pycolmap.Device.cpu)
-    opts = pycolmap.IncrementalPipelineOptions()
+    from components.annotate.colmap_backend import seeded
+
+    opts = seeded(pycolmap.IncrementalPipelineOptions(), 0)  # the baseline repeats too (its 2 threads may still race)
     # COLMAP's default two-view start needs a 16 degree median triangulation angle, which slow 2-second
     # clips never reach (whole clips then fail to reconstruct); 4 degrees is a sane video setting.
     opts.mapper.init_min_tri_angle = init_min_tri_angle_deg

@@ -52,7 +52,7 @@ def seeded(options, seed: int, _depth: int = 0):
             continue
         try:
             value = getattr(options, name)
-        except Exception:  # noqa: BLE001 - some pybind properties raise when unset; they hold no seed
+        except Exception:  # noqa: BLE001, S112 - some pybind properties raise when unset; they hold no seed
             continue
         if name == "random_seed":
             setattr(options, name, int(seed))

@@ -104,7 +104,7 @@ class PoseEstimatorConfig:
     # One thread: COLMAP's worker threads race (a hard clip registered 0 or 45 of 48 frames on two runs in one
     # process with 2); with one, a clip's poses repeat exactly, and the batch step already runs clips in parallel.
     colmap_threads: int = 1
-    random_seed: int = 0  # OpenCV's and COLMAP's RANSAC generators, seeded per clip (repeatable poses)
+    random_seed: int = 0  # OpenCV's RANSAC and every pycolmap generator, seeded per clip (repeatable poses)
     colmap_keyframe_step: int = 3  # map every k-th frame with SfM, register the rest by absolute pose
     # Incremental mapper: models started per shot (COLMAP's default 50). Only the largest is kept, and one
     # covering less than min_registered_fraction sends the shot to the global mapper, so more models are

@@ -114,7 +114,6 @@ def test_the_same_frames_encode_to_the_same_bytes():
     # x264's AVX-512 path gave a different bitstream on every encode of this clip (decoded frames up to 50
     # grey levels apart); DVC hashes and repeatable annotation need the bytes to be a function of the frames.
     from components.ingest.synthetic import ClipSpec, render_clip
-
     from model.video_io import decode_mp4, encode_mp4
 
     frames = render_clip(ClipSpec(kind="pure_yaw", speed="slow", num_frames=40, fps=16.0, height=192, width=320,
