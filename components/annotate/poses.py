@@ -133,6 +133,10 @@ class PoseEstimatorConfig:
     # Self-calibrated SfM focal is trusted only with a relative sigma below this and a field of view in
     # [10, 170] degrees; otherwise the shot is re-mapped with the default FOV held fixed (flagged default_fov).
     focal_max_sigma_rel: float = 0.03  # focal_confidence < 0.1; clean clips measured at sigma 0.3-2.7 %
+    # ... and, for a focal whose profile passed, the sigma that also counts the split test's spread (below).
+    # Wider: the split test catches the confidently wrong (hard clips measured at 42 % and inf), and half the
+    # default FOV's typical error on real footage (15-20 %) is still the better guess; the confidence says so.
+    focal_max_split_sigma_rel: float = 0.10
     # SfM focal profile (colmap_backend.focal_profile): log-f steps, range x/÷ span around the mapper's focal,
     # BA iterations per step (each step starts from its neighbour's solution, so few are needed).
     focal_profile_step: float = 0.04
@@ -140,6 +144,9 @@ class PoseEstimatorConfig:
     focal_profile_ba_iters: int = 20
     focal_profile_stop_chi2: float = 100.0  # a side of the scan stops once this far above the optimum, rising
     focal_profile_rival_chi2: float = 25.0  # another local minimum within this counts as an equal candidate
+    # Points with a mean reprojection error above this x the median are dropped before the profile (sliding
+    # corners at occlusion edges bias the focal: clean mixed clip +3.0 % -> +1.6 %); 0 = keep every point.
+    focal_profile_outlier_ratio: float = 2.0
     # Model test of a trusted SfM focal (colmap_backend.split_focal_check): the shot's tracks split at random into
     # this many disjoint groups (repeats times), each mapped on its own; their spread is a sigma that needs no
     # noise model, and the larger of it and the profile's is the one trusted. 0 = off (the profile's sigma alone:
@@ -163,6 +170,12 @@ class PoseEstimatorConfig:
             raise ValueError(f"PoseEstimatorConfig.colmap_mapper must be 'incremental' or 'global', got {self.colmap_mapper!r}")
         if self.focal_split_groups < 0 or self.focal_split_groups == 1:
             raise ValueError(f"PoseEstimatorConfig.focal_split_groups must be 0 (off) or >= 2, got {self.focal_split_groups}")
+        if self.focal_max_split_sigma_rel < self.focal_max_sigma_rel:
+            raise ValueError("PoseEstimatorConfig.focal_max_split_sigma_rel must be >= focal_max_sigma_rel "
+                             f"({self.focal_max_sigma_rel}), got {self.focal_max_split_sigma_rel}")
+        if self.focal_profile_outlier_ratio != 0 and self.focal_profile_outlier_ratio < 1:
+            raise ValueError("PoseEstimatorConfig.focal_profile_outlier_ratio must be 0 (off) or >= 1 (x the median "
+                             f"reprojection error), got {self.focal_profile_outlier_ratio}")
         if self.focal_split_repeats < 1:
             raise ValueError(f"PoseEstimatorConfig.focal_split_repeats must be >= 1, got {self.focal_split_repeats}")
         if not 1.0 < self.default_hfov_deg < 179.0:
