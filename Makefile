@@ -27,6 +27,12 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -q -e ".[model-io,annotate,train,serve,pipelines,dev]"
 	# scenedetect's deps would pull GUI OpenCV 5 + numpy 2; fla's would pull the triton compiler.
 	$(VPY) -m pip install -q --no-deps "scenedetect==0.7.*" "flash-linear-attention==0.6.0"
+	# DeepSpeed JIT-compiles its CPU shared-memory comm op on first use (about 1 min on 2 cores): build it once per
+	# machine here, into the directory components/train/launch.py pins, not inside the first training run or test.
+	@echo "building DeepSpeed's CPU comm op (once per machine)"; \
+	  TORCH_EXTENSIONS_DIR=$${TORCH_EXTENSIONS_DIR:-$$HOME/.cache/torch_extensions} $(VPY) -c \
+	  "from deepspeed.accelerator import get_accelerator; get_accelerator().create_op_builder('ShareMemCommBuilder').load()" \
+	  > $(VENV)/deepspeed-ops.log 2>&1 || { tail -20 $(VENV)/deepspeed-ops.log; exit 1; }
 	@rm -f $(VENV)/.installed-*; touch $@
 
 setup: $(STAMP) system-deps  ## create .venv with every extra + the system packages the tests use (idempotent)
