@@ -195,7 +195,7 @@ def test_points_the_static_scene_cannot_explain_do_not_bias_the_focal(tmp_path):
     # round trip). Corners where two surfaces cross in the image slide along the edge as the view changes; their
     # tracks are smooth, so they pass RANSAC and COLMAP's 4 px filter, and they pull the one parameter every track
     # shares. Measured: +3.0 % focal, ATE Sim(3) 3.5 mm with every mapped point; +1.6 %, 1.3 mm with the 18 % of
-    # points beyond 2x the median reprojection error dropped before the focal profile (pycolmap SIFT: 1.3 mm).
+    # points beyond 2x the median reprojection error dropped before the focal profile (pycolmap SIFT: 1.4 mm).
     from model.video_io import read_video, write_video
 
     c = render_clip(ClipSpec(kind="mixed", speed="slow", num_frames=48, fps=16.0, height=192, width=320, seed=9050,
