@@ -160,7 +160,9 @@ def _data_tasks(num_clips, seed, source_dir, clip_hw_frames, groups, heldout, tr
 
 
 def _train_to_serve_tasks(shards, heldout, train_params, vae_fit, distill_steps, model_name, eval_clips,
-                          keep_serving, tracking, cluster, init_bundle=""):
+                          serving, tracking, cluster, init_bundle=""):
+    """vae -> train -> distill -> quantize -> evaluate -> register -> deploy; ``serving`` is the deploy step's
+    (keep_serving, device, instance_count, max_sessions_per_instance). Returns the deploy task."""
     vae_steps, vae_lr, vae_cache = vae_fit
     # init_bundle: fine-tune a base/released bundle; the vae step then passes that bundle's VAE through
     # (the network was trained on its latents) and train loads network + VAE strictly from it.
@@ -188,7 +190,9 @@ def _train_to_serve_tasks(shards, heldout, train_params, vae_fit, distill_steps,
                 "evaluate", cluster)
     rg = _place(register(model=qt.outputs["quantized"], report=ev.outputs["report"], name=model_name,
                          **tracking), "register", cluster)
-    dp = deploy(model_uri=rg.outputs["Output"], keep_serving=keep_serving, **tracking)
+    keep_serving, device, instance_count, max_sessions = serving
+    dp = deploy(model_uri=rg.outputs["Output"], keep_serving=keep_serving, device=device,
+                instance_count=instance_count, max_sessions_per_instance=max_sessions, **tracking)
     return _place(dp, "deploy", cluster)
 
 
@@ -227,6 +231,11 @@ PARAM_DOCS = {
     "model_name": "MLflow registered model name (register sets @candidate, deploy sets @production).",
     "eval_clips": "Clips the evaluate step generates and scores.",
     "keep_serving": "Leave the deploy step's Triton running after the smoke request (until the task is stopped).",
+    "serve_device": "Where the deploy step's Triton runs the model: auto, cpu or cuda[:i] (auto = a GPU when the "
+                    "pod has one; a quantized bundle is served where it was built).",
+    "serve_instances": "Triton instances per model (each loads the bundle).",
+    "serve_max_sessions": "Live interactive sessions one sana_wm_session instance holds (the server holds "
+                          "serve_instances x this).",
     "tracking_uri": "MLflow tracking URI. Empty = the cluster default from ConfigMap sana-wm-tracking "
                     "(cluster form) or the embedded SQLite store (local run).",
     "parent_run_id": "MLflow run id to nest every step's run under (empty = top-level runs).",
@@ -269,6 +278,9 @@ class _Defaults:
     teacher_steps: int
     eval_clips: int
     model_name: str
+    serve_device: str
+    serve_instances: int
+    serve_max_sessions: int
 
 
 def _defaults() -> _Defaults:
@@ -280,7 +292,8 @@ def _defaults() -> _Defaults:
         heldout_clips=d("heldout.num_clips"), heldout_frames=d("heldout.frames"),
         holdout_kinds=str(d("heldout.holdout_kinds")), vae_steps=d("vae.steps"), vae_lr=float(d("vae.lr")),
         ode_steps=d("distill.ode_steps"), dmd_steps=d("distill.dmd_steps"), teacher_steps=d("distill.teacher_steps"),
-        eval_clips=d("evaluate.num_clips"), model_name=d("register.model_name"))
+        eval_clips=d("evaluate.num_clips"), model_name=d("register.model_name"), serve_device=str(d("deploy.device")),
+        serve_instances=d("deploy.instance_count"), serve_max_sessions=d("deploy.max_sessions_per_instance"))
 
 
 def build_pipeline(name: str, cluster: ClusterSettings | None = None,
@@ -320,6 +333,8 @@ def build_pipeline(name: str, cluster: ClusterSettings | None = None,
                            vae_steps: int = P.vae_steps, vae_lr: float = P.vae_lr, vae_cache_dir: str = "",
                            init_bundle: str = d_init, distill_ode_steps: int = P.ode_steps, distill_dmd_steps: int = P.dmd_steps, distill_teacher_steps: int = P.teacher_steps,
                            model_name: str = P.model_name, eval_clips: int = P.eval_clips, keep_serving: bool = False,
+                           serve_device: str = P.serve_device, serve_instances: int = P.serve_instances,
+                           serve_max_sessions: int = P.serve_max_sessions,
                            tracking_uri: str = "", parent_run_id: str = "", experiment: str = "sana-wm"):
             tracking = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id, experiment=experiment)
             imp = dsl.importer(artifact_uri=shards_uri, artifact_class=dsl.Dataset, reimport=False)
@@ -330,7 +345,8 @@ def build_pipeline(name: str, cluster: ClusterSettings | None = None,
                                 stages_json=stages_json)
             _train_to_serve_tasks(imp.output, imp_h.output, train_params, (vae_steps, vae_lr, vae_cache_dir),
                                   (distill_ode_steps, distill_dmd_steps, distill_teacher_steps), model_name,
-                                  eval_clips, keep_serving, tracking, cluster, init_bundle)
+                                  eval_clips, (keep_serving, serve_device, serve_instances, serve_max_sessions),
+                                  tracking, cluster, init_bundle)
         return deco(_document(train_to_serve, summary))
 
     def full(num_clips: int = P.ingest_clips, seed: int = P.seed, source_dir: str = "", clip_height: int = P.height,
@@ -340,7 +356,8 @@ def build_pipeline(name: str, cluster: ClusterSettings | None = None,
              vae_steps: int = P.vae_steps, vae_lr: float = P.vae_lr, vae_cache_dir: str = "",
              init_bundle: str = d_init, distill_ode_steps: int = P.ode_steps, distill_dmd_steps: int = P.dmd_steps,
              distill_teacher_steps: int = P.teacher_steps, model_name: str = P.model_name, eval_clips: int = P.eval_clips, keep_serving: bool = False,
-             tracking_uri: str = "", parent_run_id: str = "", experiment: str = "sana-wm"):
+             serve_device: str = P.serve_device, serve_instances: int = P.serve_instances,
+             serve_max_sessions: int = P.serve_max_sessions, tracking_uri: str = "", parent_run_id: str = "", experiment: str = "sana-wm"):
         tracking = dict(tracking_uri=tracking_uri, parent_run_id=parent_run_id, experiment=experiment)
         ann, ann_h = _data_tasks(num_clips, seed, source_dir, (clip_height, clip_width, clip_frames),
                                  annotate_groups, (heldout_clips, heldout_frames, holdout_kinds), tracking, cluster)
@@ -349,5 +366,6 @@ def build_pipeline(name: str, cluster: ClusterSettings | None = None,
         _train_to_serve_tasks(ann.outputs["shards"], ann_h.outputs["shards"], train_params,
                               (vae_steps, vae_lr, vae_cache_dir),
                               (distill_ode_steps, distill_dmd_steps, distill_teacher_steps), model_name, eval_clips,
-                              keep_serving, tracking, cluster, init_bundle)
+                              (keep_serving, serve_device, serve_instances, serve_max_sessions), tracking, cluster,
+                              init_bundle)
     return deco(_document(full, summary))

@@ -50,6 +50,9 @@ class LocalRunConfig:
     model_name: str = "sana-wm"
     experiment: str = "sana-wm"
     keep_serving: bool = False
+    serve_device: str = "auto"  # deploy.device: auto | cpu | cuda[:i]
+    serve_instances: int = 1  # deploy.instance_count
+    serve_max_sessions: int = 4  # deploy.max_sessions_per_instance
     dvc: bool = True
     init: str = ""  # train.init: model bundle to fine-tune from ('' = from scratch), relative to root
     quiet: bool = True  # per-task log files + a step table instead of kfp.local's streamed JSON
@@ -67,6 +70,9 @@ class LocalRunConfig:
         if self.heldout_frames < 2 * self.clip_frames:
             raise ValueError(f"LocalRunConfig.heldout_frames ({self.heldout_frames}) must be >= 2 x clip_frames "
                              f"({self.clip_frames}), so evaluation measures extrapolation")
+        if self.serve_instances < 1 or self.serve_max_sessions < 1:
+            raise ValueError(f"LocalRunConfig: need serve_instances >= 1 and serve_max_sessions >= 1, got "
+                             f"{self.serve_instances}, {self.serve_max_sessions}")
         if self.vae_steps < 0 or self.vae_lr <= 0:
             raise ValueError(f"LocalRunConfig: need vae_steps >= 0 and vae_lr > 0, got {self.vae_steps}, {self.vae_lr}")
 
@@ -81,6 +87,8 @@ class LocalRunConfig:
                 "ingest": {"num_clips": self.num_clips, "seed": self.seed, "height": self.clip_height,
                            "width": self.clip_width, "frames": self.clip_frames},
                 "evaluate": {"num_clips": self.eval_clips}, "register": {"model_name": self.model_name},
+                "deploy": {"device": self.serve_device, "instance_count": self.serve_instances,
+                           "max_sessions_per_instance": self.serve_max_sessions},
                 "train.init": self.init}
 
 
@@ -112,7 +120,10 @@ def config_from_params(root: Path, **overrides: Any) -> LocalRunConfig:
                 holdout_kinds=p.get("heldout", {}).get("holdout_kinds", "turn"),
                 vae_steps=p.get("vae", {}).get("steps", 0), vae_lr=p.get("vae", {}).get("lr", 5e-4),
                 eval_clips=p.get("evaluate", {}).get("num_clips", 2),
-                model_name=p.get("register", {}).get("model_name", "sana-wm"))
+                model_name=p.get("register", {}).get("model_name", "sana-wm"),
+                serve_device=str(p.get("deploy", {}).get("device", "auto")),
+                serve_instances=p.get("deploy", {}).get("instance_count", 1),
+                serve_max_sessions=p.get("deploy", {}).get("max_sessions_per_instance", 4))
     base.update({k: v for k, v in overrides.items() if v is not None})
     return LocalRunConfig(**base)
 
@@ -231,6 +242,8 @@ def run_local(cfg: LocalRunConfig) -> LocalRunResult:
                      distill_ode_steps=cfg.distill_ode_steps, distill_dmd_steps=cfg.distill_dmd_steps,
                      distill_teacher_steps=cfg.distill_teacher_steps,
                      model_name=cfg.model_name, eval_clips=cfg.eval_clips, keep_serving=cfg.keep_serving,
+                     serve_device=cfg.serve_device, serve_instances=cfg.serve_instances,
+                     serve_max_sessions=cfg.serve_max_sessions,
                      tracking_uri=uri, parent_run_id=parent.run_id, experiment=cfg.experiment)
         new = sorted(set(layout.kfp_root.glob("sana-wm-full-*")) - before)
         if not new:
@@ -240,7 +253,8 @@ def run_local(cfg: LocalRunConfig) -> LocalRunResult:
         # The Triton repository names its bundle by absolute path: re-point it at the published copy.
         from serving.triton_repo import build_repository
 
-        build_repository(layout.outputs / "bundle", layout.triton)
+        build_repository(layout.outputs / "bundle", layout.triton, device=cfg.serve_device,
+                         instance_count=cfg.serve_instances, max_sessions=cfg.serve_max_sessions)
         log_dataset(parent, layout.raw, "raw", context="ingest")
         log_dataset(parent, layout.shards, "shards", context="training")
         log_dataset(parent, layout.heldout, "heldout", context="evaluation")

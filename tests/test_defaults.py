@@ -67,6 +67,7 @@ def test_pipeline_defaults_are_params_yaml():
               "init_bundle": "train.init", "vae_steps": "vae.steps", "vae_lr": "vae.lr",
               "distill_ode_steps": "distill.ode_steps", "distill_dmd_steps": "distill.dmd_steps",
               "distill_teacher_steps": "distill.teacher_steps", "eval_clips": "evaluate.num_clips",
-              "model_name": "register.model_name"}
+              "model_name": "register.model_name", "serve_device": "deploy.device",
+              "serve_instances": "deploy.instance_count", "serve_max_sessions": "deploy.max_sessions_per_instance"}
     for param, key in expect.items():
         assert sig[param] == default(key), (param, sig[param], default(key))

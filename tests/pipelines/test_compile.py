@@ -148,6 +148,22 @@ def test_every_pipeline_parameter_is_described(compiled):
             assert len(spec.get("description", "")) > 10, (fname, pname)
 
 
+@pytest.mark.parametrize("fname", ["sana-wm-full-v9.9.9+gabc1234.yaml", "sana-wm-train-to-serve-v9.9.9+gabc1234.yaml"])
+def test_serving_capacity_is_a_run_parameter_the_deploy_task_reads(compiled, fname):
+    from components.common.defaults import default
+
+    docs = compiled[fname]
+    root = docs[0]["root"]["inputDefinitions"]["parameters"]
+    wired = {"device": ("serve_device", "deploy.device"), "instance_count": ("serve_instances", "deploy.instance_count"),
+             "max_sessions_per_instance": ("serve_max_sessions", "deploy.max_sessions_per_instance")}
+    inputs = _tasks(docs)["deploy"]["inputs"]["parameters"]
+    for arg, (param, key) in wired.items():
+        assert inputs[arg] == {"componentInputParameter": param}, arg  # the UI's value, not a compiled constant
+        assert root[param]["defaultValue"] == default(key)
+    command = json.dumps(docs[0]["deploymentSpec"]["executors"]["exec-deploy"]["container"])
+    for flag in ("--device", "--instance-count", "--max-sessions-per-instance"):
+        assert flag in command  # the component body hands them to the CLI
+
 def test_train_is_a_retried_cpu_launcher(compiled):
     docs = compiled["sana-wm-full-v9.9.9+gabc1234.yaml"]
     task = _tasks(docs)["train"]

@@ -18,7 +18,7 @@ STEPS = ("ingest", "annotate", "vae", "train", "distill", "quantize", "evaluate"
 TINY_PARAMS = {"preset": "tiny", "ingest": {"num_clips": 3, "seed": 0, "height": 64, "width": 64, "frames": 17},
                "heldout": {"num_clips": 1, "frames": 37, "holdout_kinds": "turn"}, "vae": {"steps": 3, "lr": 0.0005},
                "train": {"steps": 2, "lr": 0.0, "init": ""}, "distill": {"ode_steps": 4, "dmd_steps": 1, "teacher_steps": 4}, "evaluate": {"num_clips": 1}, "register": {"model_name": "sana-wm-tiny"},
-               "deploy": {"device": "auto", "instance_count": 1, "max_sessions_per_instance": 4}}
+               "deploy": {"device": "auto", "instance_count": 1, "max_sessions_per_instance": 3}}
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,11 @@ def test_outputs_and_summary(project):
     assert list((root / "data/heldout").glob("*.tar"))
     assert list((root / "data/cache/vae").iterdir())  # the fit is cached for the next run
     assert (root / "data/triton/sana_wm/config.pbtxt").read_text().count(str(root / "data/outputs/bundle")) == 1
+    # deploy.* reaches the served repository, through the KFP task and the re-pointed published copy alike
+    from serving.triton_repo import read_model_config
+
+    session = read_model_config(root / "data/triton/sana_wm_session")
+    assert session.parameters["max_sessions"].string_value == "3"
 
 
 @pytest.mark.slow
