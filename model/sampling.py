@@ -20,7 +20,8 @@ Camera guidance (beyond the reference, off at 1): one more branch in the same fo
 held still at frame 0 (``CameraCondition.held_still``), and v = v_text_cfg + (g_cam - 1)(v_c - v_still),
 which amplifies what the camera changes in the velocity. It needs no training change: the network has
 seen static and moving cameras. Measured on the small preset's held-out clips: the commanded turns are
-followed more often (step-5250 base, seed 0: turn -62 deg -> -64 deg recovered at g_cam 1.5, +5 deg at 1). Noise is drawn per
+followed more often (step-5250 base, seed 0: turn -62 deg -> -64 deg recovered at g_cam 1.5, +5 deg at 1; step-9250
+base, 12 clips: commanded yaw sign on 6/10 clips at 1.5, 9/10 at 2; see the small preset). Noise is drawn per
 chunk, in chunk order, from the caller's ``torch.Generator`` on the CPU, so every sampler sees the same
 noise for the same seed whatever the device, and streaming and reference rollouts are comparable.
 """

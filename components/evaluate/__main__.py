@@ -29,7 +29,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -176,13 +176,15 @@ def _train_frames(pipe) -> int:
 
 
 def evaluate(model_dir: Path, heldout: Path, out: Path, num_clips: int, max_frames: int | None, mode: str | None,
-             seed: int, logger, variants: dict[str, Path] | None = None, drift_factor: float = 4.0) -> dict[str, float]:
+             seed: int, logger, variants: dict[str, Path] | None = None, drift_factor: float = 4.0,
+             camera_guidance: float | None = None) -> dict[str, float]:
     """Run the evaluation (module docstring); returns the flat metrics written to ``metrics.json``.
 
     ``variants`` ({"teacher": dir, "student": dir}) are scored the same way; their metrics appear as
     ``<variant>.<key>`` and in ``table.md``. ``model_dir`` is the headline model (unprefixed keys, and
     also ``<its kind>.<key>``). ``drift_factor`` x the training clip length is the drift rollout's length
-    (0 = no drift rollout).
+    (0 = no drift rollout). ``camera_guidance`` (None: each bundle's ``sampler.camera_guidance_scale``) overrides
+    g_cam for every variant that samples with it (a few-step student has its teacher's distilled in).
     """
     from PIL import Image
 
@@ -194,13 +196,18 @@ def evaluate(model_dir: Path, heldout: Path, out: Path, num_clips: int, max_fram
     from model.trajectory import Trajectory, save_trajectory
     from model.video_io import write_video
 
-    pipe = load_bundle(model_dir)  # the NVFP4 network itself when the bundle is quantized
+    def mode_for(p) -> str:  # distilled bundles run few-step; a teacher runs the streaming sampler
+        return mode or sampler_mode_of(p.metadata)
+
+    def guided(p):  # the sweep knob: g_cam of the multi-step samplers, without editing the bundle
+        if camera_guidance is not None and mode_for(p) != "few_step":
+            p.config = replace(p.config, sampler=replace(p.config.sampler, camera_guidance_scale=camera_guidance))
+        return p
+
+    pipe = guided(load_bundle(model_dir))  # the NVFP4 network itself when the bundle is quantized
     cfg = pipe.config
     ts = cfg.vae.temporal_stride
     main_kind = (pipe.metadata or {}).get("kind") or "model"
-
-    def mode_for(p) -> str:  # distilled bundles run few-step; a teacher runs the streaming sampler
-        return mode or sampler_mode_of(p.metadata)
 
     raw = load_held_out(heldout, num_clips)
     max_frames = max_frames or max(len(c.frames) for c in raw)  # the whole held-out clip
@@ -208,7 +215,7 @@ def evaluate(model_dir: Path, heldout: Path, out: Path, num_clips: int, max_fram
     runs = {main_kind: (pipe, model_dir)}
     for name, d in (variants or {}).items():
         if d is not None and name != main_kind:
-            runs[name] = (load_bundle(d), d)
+            runs[name] = (guided(load_bundle(d)), d)
     results, table = {}, {}
     with atomic_dir(out) as tmp:
         for sub in ("plots", "samples", "smoke_input"):
@@ -300,8 +307,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--student", type=Path, default=None, help="also score this student bundle (student.* keys)")
     ap.add_argument("--drift-factor", type=float, default=4.0,
                     help="drift rollout length in training clip lengths (0 = none)")
+    ap.add_argument("--camera-guidance", type=float, default=None,
+                    help="g_cam for the bundles that sample with it (teacher, streaming or bidirectional; 1 = off); "
+                         "default: each bundle's sampler.camera_guidance_scale")
     add_tracking_args(ap)
     args = ap.parse_args(argv)
+    if args.camera_guidance is not None and not (np.isfinite(args.camera_guidance) and args.camera_guidance >= 0):
+        ap.error(f"--camera-guidance must be finite and >= 0 (1 = off), got {args.camera_guidance}")
     if args.num_clips < 1:
         ap.error(f"--num-clips must be >= 1, got {args.num_clips}")
     if args.drift_factor < 0:
@@ -313,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     with logger_from_args(args, "evaluate") as logger:
         metrics = evaluate(args.model, args.heldout, args.out, args.num_clips, args.max_frames, args.mode,
                            args.seed, logger, variants={"teacher": args.teacher, "student": args.student},
-                           drift_factor=args.drift_factor)
+                           drift_factor=args.drift_factor, camera_guidance=args.camera_guidance)
     print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
 

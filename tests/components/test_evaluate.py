@@ -16,6 +16,14 @@ def test_bad_num_clips_is_a_clear_error(capsys):
     assert "--num-clips must be >= 1" in capsys.readouterr().err
 
 
+def test_bad_camera_guidance_is_a_clear_error(capsys):
+    from components.evaluate.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["--model", "x", "--heldout", "y", "--out", "z", "--camera-guidance", "-1"])
+    assert "--camera-guidance must be finite and >= 0" in capsys.readouterr().err
+
+
 def test_missing_shards_is_a_clear_error(tmp_path):
     from components.evaluate.__main__ import load_held_out
 
@@ -43,7 +51,8 @@ def test_evaluate_end_to_end(tmp_path, monkeypatch):
     pipe.save_pretrained(tmp_path / "teacher", kind="teacher")
     assert evaluate_main(["--model", str(tmp_path / "model"), "--heldout", str(tmp_path / "shards"),
                           "--out", str(tmp_path / "eval"), "--num-clips", "1", "--max-frames", "9",
-                          "--teacher", str(tmp_path / "teacher"), "--drift-factor", "0.5"]) == 0
+                          "--teacher", str(tmp_path / "teacher"), "--drift-factor", "0.5",
+                          "--camera-guidance", "2.5"]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["num_clips"] == 1 and metrics["num_frames"] == 9
     # the still-image floor: the held-out clip's first frame against each of its first 9 frames
@@ -79,6 +88,8 @@ def test_evaluate_end_to_end(tmp_path, monkeypatch):
     # the first held-out clip by key, which is the held-out trajectory class ("turn" starts the split)
     assert list(report["variants"]["quantized"]) == ["heldout1-00000"]
     assert report["mode"] == {"quantized": "few_step", "teacher": "streaming"}  # each as it is served
+    # --camera-guidance reaches the sampler that uses it; the few-step bundle keeps its distilled value
+    assert report["camera_guidance"] == {"quantized": 1.0, "teacher": 2.5}
 
 
 def test_mirror_and_yaw_helpers():
