@@ -2,7 +2,7 @@
 PSNR/SSIM against the real clip, the VAE's reconstruction PSNR, and generation speed.
 
     python -m components.evaluate --model DIR --heldout DIR --out DIR [--num-clips 2] [--max-frames N]
-        [--mode few_step|streaming|bidirectional] [--seed 0]
+        [--mode few_step|streaming|bidirectional] [--seed 0] [--camera-guidance G]
 
 ``--heldout`` is the data DAG's held-out shards (``ingest --split heldout`` -> ``annotate``): scenes from a
 seed stream training never sees, at least one trajectory class training never sees, clips >= 2x the
