@@ -319,7 +319,7 @@ def _small() -> WorldModelConfig:
         # guidance 1 (no CFG): the demo's synthetic clips have no captions, so CFG would only amplify the
         # empty-prompt-vs-no-prompt direction; it also halves the sampler's cost.
         # camera guidance 2: measured on 12 held-out clips of 69 frames, 10 of them yawing (teacher fine-tuned by
-        # make run from the step-9250 base, seed 0; build/probe sweep, see the session note): g_cam 1.5 / 2 / 3 / 4
+        # make run from the step-9250 base, seed 0; `components.evaluate --camera-guidance G`): g_cam 1.5 / 2 / 3 / 4
         # gave rotation error 41.6 / 35.4 / 38.0 / 38.6 deg (mirrored 49.2 / 50.9 / 63.4 / 52.4), yaw direction
         # 6/10 / 9/10 / 8/10 / 7/10, PSNR 14.9 / 14.1 / 12.9 / 12.2 dB. (The step-5250 base on 4 clips had chosen
         # 1.5.) It doubles the teacher sampler's batch.
