@@ -51,12 +51,14 @@ run: setup  ## run the whole DAG locally (KFP local runner, MLflow/SQLite, DVC, 
 
 # The base checkpoint `make run` can fine-tune (params.yaml train.init: assets/base/$(PRESET)): this project's
 # own ingest -> annotate -> vae -> train on a seed make run never uses; commands, seeds and sizes are recorded
-# in assets/base/$(PRESET)/pretrain.json. Hours on 2 CPU cores at the default budget.
+# in assets/base/$(PRESET)/pretrain.json. Hours on 2 CPU cores at the default budget. PRETRAIN_INIT=assets/base/small
+# continues the shipped base for PRETRAIN_STEPS more steps (its VAE kept; pretrain.json nests the earlier record).
 PRETRAIN_STEPS ?= 9250
 PRETRAIN_CLIPS ?= 128
+PRETRAIN_INIT  ?=
 pretrain: setup  ## regenerate the base checkpoint assets/base/PRESET (see components/train/pretrain.py)
 	$(VPY) -m components.train.pretrain --preset $(PRESET) --clips $(PRETRAIN_CLIPS) --steps $(PRETRAIN_STEPS) \
-		--out assets/base/$(PRESET) --work build/pretrain/$(PRESET)
+		--out assets/base/$(PRESET) --work build/pretrain/$(PRESET) $(if $(PRETRAIN_INIT),--init $(PRETRAIN_INIT))
 
 # One OpenMP thread per test process: the tests run tiny models, where thread start-up costs more than it
 # saves. One xdist worker per core (at most 4: several tests start their own subprocesses — Triton, KFP

@@ -6,6 +6,11 @@ project's own steps only: ``ingest`` (synthetic training split, its own seed so 
 The bundle is written with half-precision weights (``load_into`` casts them back to the module's dtype on
 load) plus ``pretrain.json``: the exact commands, seeds, versions and the file sizes. The same path a user
 takes with released weights imported by ``python -m model import``: ``train --init DIR``.
+
+``--init BUNDLE`` continues an earlier base instead of starting from random weights: the bundle's VAE passes
+through unchanged (the network learned its latents), the network and its EMA start from the bundle's weights
+with a fresh optimiser, and ``pretrain.json`` keeps the earlier record under ``continued_from`` with the total
+step count. The CPU base is compute-bound (about 2 s a step here), so this is how it grows across sessions.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "fine-tuning rate and does not apply here)")
     ap.add_argument("--checkpoint-every", type=int, default=250,
                     help="steps between resumable checkpoints (rerun the same command to resume)")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="continue this base bundle (e.g. assets/base/small) for --steps more steps instead of "
+                         "training from random weights; --out may be the same folder (it is replaced at the end)")
     return ap
 
 
@@ -79,15 +87,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: need --clips >= 1, --steps >= 1 and --frames = 1 + 4k; got {a.clips}, {a.steps}, {a.frames}",
               file=sys.stderr)
         return 2
+    earlier = None
+    if a.init is not None:
+        if not (a.init / "config.json").is_file():
+            print(f"error: --init {str(a.init)!r} is not a model bundle (no config.json)", file=sys.stderr)
+            return 2
+        import json
+
+        rec = a.init / "pretrain.json"
+        earlier = json.loads(rec.read_text()) if rec.is_file() else {"steps": None, "bundle": str(a.init)}
     w = a.work
     log: list[dict] = []
     _run("ingest", ["--synthetic", a.clips, "--seed", a.seed, "--height", a.height, "--width", a.width,
                     "--frames", a.frames, "--split", "train", "--holdout-kinds", *a.holdout_kinds.split(),
                     "--no-progress", "--out", w / "raw"], log)
     _run("annotate", ["batch", "--raw", w / "raw", "--out", w / "shards"], log)
-    _run("vae", ["--shards", w / "shards", "--preset", a.preset, "--no-progress", "--out", w / "vae"], log)
+    _run("vae", ["--shards", w / "shards", "--preset", a.preset, "--no-progress", "--out", w / "vae",
+                 *(["--init-bundle", a.init] if a.init is not None else [])], log)
     _run("train", ["--shards", w / "shards", "--vae", w / "vae", "--preset", a.preset, "--steps", a.steps,
                    "--seed", a.seed, "--ema", a.ema, "--checkpoint-every", a.checkpoint_every, "--lr", a.lr,
+                   *(["--init", a.init] if a.init is not None else []),
                    # CPU, 8 M parameters: recomputing activations costs ~1/3 more time and saves nothing needed
                    "--no-activation-checkpointing", "--out", w / "teacher"], log)
     sizes = _half_bundle(w / "teacher", a.out)
@@ -97,10 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     from model import atomic
 
     total = sum(sizes.values())
-    record = {"preset": a.preset, "seed": a.seed, "clips": a.clips, "frames": a.frames, "steps": a.steps,
-              "ema": a.ema,
-              "commands": log, "regenerate": f"make pretrain PRESET={a.preset}", "dtype": "float16",
+    total_steps = a.steps + (earlier.get("steps") or 0 if earlier else 0)
+    record = {"preset": a.preset, "seed": a.seed, "clips": a.clips, "frames": a.frames, "steps": total_steps,
+              "steps_this_run": a.steps, "ema": a.ema,
+              "commands": log, "regenerate": (f"make pretrain PRESET={a.preset} PRETRAIN_STEPS={a.steps}"
+                             + (f" PRETRAIN_INIT={a.init}" if a.init is not None else "")
+                             + (f", after: {earlier['regenerate']}" if earlier and earlier.get("regenerate") else "")),
+              "dtype": "float16",
               "sizes_mb": sizes, "total_mb": total, "package_version": PACKAGE_VERSION, "torch": torch.__version__}
+    if earlier is not None:
+        record["continued_from"] = earlier
     atomic.write_json(a.out / "pretrain.json", record)
     print(f"pretrain: wrote {a.out} ({total:.1f} MB of weights)")
     if total > SIZE_BUDGET_MB:

@@ -33,12 +33,28 @@ def test_pretrain_writes_a_half_precision_bundle_that_train_init_loads(tmp_path,
     assert train_main(["--shards", str(tmp_path / "w" / "shards"), "--preset", "tiny", "--steps", "1",
                        "--batch-size", "1", "--init", str(out), "--out", str(tmp_path / "tuned")]) == 0
 
+    # --init continues that base: its VAE passes through bit for bit, the steps add up, the record nests
+    more = tmp_path / "base2"
+    assert main(["--preset", "tiny", "--out", str(more), "--work", str(tmp_path / "w2"), "--clips", "2",
+                 "--frames", "9", "--height", "64", "--width", "64", "--steps", "2", "--init", str(out)]) == 0
+    rec2 = json.loads((more / "pretrain.json").read_text())
+    assert rec2["steps"] == 3 and rec2["steps_this_run"] == 2 and rec2["continued_from"]["steps"] == 1
+    assert "PRETRAIN_INIT=" in rec2["regenerate"] and rec["regenerate"] in rec2["regenerate"]
+    cmds = [c["cmd"] for c in rec2["commands"]]
+    assert f"--init-bundle {out}" in cmds[2] and f"--init {out}" in cmds[3]
+    vae_a, vae_b = (load_file(str(d / "vae" / "model.safetensors")) for d in (out, more))
+    assert vae_a.keys() == vae_b.keys() and all(torch.equal(vae_a[k], vae_b[k]) for k in vae_a)
+    net_a, net_b = (load_file(str(d / "network" / "model.safetensors")) for d in (out, more))
+    assert any(not torch.equal(net_a[k], net_b[k]) for k in net_a)  # and the network trained on
+
 
 def test_pretrain_rejects_bad_options(tmp_path, capsys):
     from components.train.pretrain import main
 
     assert main(["--out", str(tmp_path / "b"), "--frames", "10"]) == 2
     assert "--frames = 1 + 4k" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "b"), "--init", str(tmp_path / "nothing")]) == 2
+    assert "is not a model bundle" in capsys.readouterr().err
 
 
 def test_shipped_base_matches_its_preset_and_budget():
