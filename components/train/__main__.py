@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--latent-frames", type=int, default=None, help="latent frames per clip (default: the most every clip supplies, at most 9)")
     ap.add_argument("--lr", type=float, default=default("train.lr"),
                     help="peak learning rate (0 = the preset's; default from params.yaml)")
+    ap.add_argument("--lr-decay-steps", type=int, default=0,
+                    help="cool the LR down linearly to 0 over the run's last N steps (0 = constant after warmup)")
     ap.add_argument("--seed", type=int, default=0, help="seed for init, data order and noise")
     ap.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0 = end only)")
     ap.add_argument("--ckpt-dir", default=None, help="checkpoint folder (default <out>.ckpt)")
@@ -84,7 +86,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
     return default_train_config(
         a.preset, a.steps, batch_size=a.batch_size, latent_frames=a.latent_frames, lr=a.lr, seed=a.seed,
         checkpoint_every=a.checkpoint_every, deepspeed=a.deepspeed, zero_stage=a.zero_stage,
-        activation_checkpointing=_activation_checkpointing(a.activation_checkpointing), optim=OptimConfig(ema_decay=a.ema))
+        activation_checkpointing=_activation_checkpointing(a.activation_checkpointing), optim=OptimConfig(ema_decay=a.ema, decay_steps=a.lr_decay_steps))
 
 
 def run_training(tc: TrainConfig, shards: str, out: str, *, ckpt_dir: str | None = None,

@@ -76,18 +76,25 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW + linear warmup then constant LR (per stage peak), global-norm gradient clipping, optional EMA."""
+    """AdamW + linear warmup, constant LR (per stage peak), optional linear cooldown, grad clipping, optional EMA.
+
+    ``decay_steps``: the LR falls linearly from the peak to 0 over the run's last ``decay_steps`` steps (the
+    "warmup-stable-decay" shape: a constant-LR run can be cooled down at its end, and so can a base bundle
+    continued with ``train --init``, where a longer constant phase had stopped lowering the held-out loss).
+    """
 
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     eps: float = 1e-8
     grad_clip: float = 1.0
     warmup_steps: int = 0
+    decay_steps: int = 0
     ema_decay: float | None = None  # e.g. 0.999; None disables the EMA copy
 
     def __post_init__(self) -> None:
         _require(self.grad_clip > 0, f"OptimConfig.grad_clip must be > 0, got {self.grad_clip}")
         _require(self.warmup_steps >= 0, f"OptimConfig.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _require(self.decay_steps >= 0, f"OptimConfig.decay_steps must be >= 0, got {self.decay_steps}")
         _require(self.ema_decay is None or 0.0 < self.ema_decay < 1.0,
                  f"OptimConfig.ema_decay must be None or in (0, 1), got {self.ema_decay}")
 

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "fine-tuning rate and does not apply here)")
     ap.add_argument("--checkpoint-every", type=int, default=250,
                     help="steps between resumable checkpoints (rerun the same command to resume)")
+    ap.add_argument("--lr-decay-steps", type=int, default=0,
+                    help="cool the LR down linearly to 0 over the last N steps of this run (0 = constant LR)")
     ap.add_argument("--init", type=Path, default=None,
                     help="continue this base bundle (e.g. assets/base/small) for --steps more steps instead of "
                          "training from random weights; --out may be the same folder (it is replaced at the end)")
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     _run("train", ["--shards", w / "shards", "--vae", w / "vae", "--preset", a.preset, "--steps", a.steps,
                    "--seed", a.seed, "--ema", a.ema, "--checkpoint-every", a.checkpoint_every, "--lr", a.lr,
                    *(["--init", a.init] if a.init is not None else []),
+                   *(["--lr-decay-steps", a.lr_decay_steps] if a.lr_decay_steps else []),
                    # CPU, 8 M parameters: recomputing activations costs ~1/3 more time and saves nothing needed
                    "--no-activation-checkpointing", "--out", w / "teacher"], log)
     sizes = _half_bundle(w / "teacher", a.out)
@@ -118,9 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(sizes.values())
     total_steps = a.steps + (earlier.get("steps") or 0 if earlier else 0)
     record = {"preset": a.preset, "seed": a.seed, "clips": a.clips, "frames": a.frames, "steps": total_steps,
-              "steps_this_run": a.steps, "ema": a.ema,
+              "steps_this_run": a.steps, "lr_decay_steps": a.lr_decay_steps, "ema": a.ema,
               "commands": log, "regenerate": (f"make pretrain PRESET={a.preset} PRETRAIN_STEPS={a.steps}"
                              + (f" PRETRAIN_INIT={a.init}" if a.init is not None else "")
+                             + (f" PRETRAIN_DECAY={a.lr_decay_steps}" if a.lr_decay_steps else "")
                              + (f", after: {earlier['regenerate']}" if earlier and earlier.get("regenerate") else "")),
               "dtype": "float16",
               "sizes_mb": sizes, "total_mb": total, "package_version": PACKAGE_VERSION, "torch": torch.__version__}

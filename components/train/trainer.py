@@ -76,7 +76,9 @@ def apply_activation_checkpointing(net: nn.Module) -> int:
 
 
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
-    """LR at global step: the current stage's peak, linearly warmed up over the first ``warmup_steps``.
+    """LR at global step: the current stage's peak, linearly warmed up over the first ``warmup_steps`` and
+    linearly cooled down over the last ``decay_steps`` of the run (step ``total - decay_steps`` still at the
+    peak, the last step at ``peak / decay_steps``, never 0: every step trains).
 
     Used with a base LR of 1.0 so the scheduler's state is only its step counter.
     """
@@ -84,8 +86,10 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     def f(step: int) -> float:
         step = min(step, cfg.total_steps - 1)
         _, st = cfg.stage_at(step)
-        w = cfg.optim.warmup_steps
-        return st.lr * (min(1.0, (step + 1) / w) if w > 0 else 1.0)
+        w, d = cfg.optim.warmup_steps, cfg.optim.decay_steps
+        warm = min(1.0, (step + 1) / w) if w > 0 else 1.0
+        cool = min(1.0, (cfg.total_steps - step) / d) if d > 0 else 1.0
+        return st.lr * min(warm, cool)
 
     return f
 

@@ -36,12 +36,14 @@ def test_pretrain_writes_a_half_precision_bundle_that_train_init_loads(tmp_path,
     # --init continues that base: its VAE passes through bit for bit, the steps add up, the record nests
     more = tmp_path / "base2"
     assert main(["--preset", "tiny", "--out", str(more), "--work", str(tmp_path / "w2"), "--clips", "2",
-                 "--frames", "9", "--height", "64", "--width", "64", "--steps", "2", "--init", str(out)]) == 0
+                 "--frames", "9", "--height", "64", "--width", "64", "--steps", "2", "--init", str(out),
+                 "--lr-decay-steps", "2"]) == 0
     rec2 = json.loads((more / "pretrain.json").read_text())
     assert rec2["steps"] == 3 and rec2["steps_this_run"] == 2 and rec2["continued_from"]["steps"] == 1
     assert "PRETRAIN_INIT=" in rec2["regenerate"] and rec["regenerate"] in rec2["regenerate"]
     cmds = [c["cmd"] for c in rec2["commands"]]
-    assert f"--init-bundle {out}" in cmds[2] and f"--init {out}" in cmds[3]
+    assert f"--init-bundle {out}" in cmds[2] and f"--init {out}" in cmds[3] and "--lr-decay-steps 2" in cmds[3]
+    assert rec2["lr_decay_steps"] == 2 and "PRETRAIN_DECAY=2" in rec2["regenerate"]
     vae_a, vae_b = (load_file(str(d / "vae" / "model.safetensors")) for d in (out, more))
     assert vae_a.keys() == vae_b.keys() and all(torch.equal(vae_a[k], vae_b[k]) for k in vae_a)
     net_a, net_b = (load_file(str(d / "network" / "model.safetensors")) for d in (out, more))

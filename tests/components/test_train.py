@@ -92,6 +92,23 @@ def test_config_validation_names_field():
     assert TrainConfig.from_dict(tc.to_dict()) == tc
 
 
+def test_lr_schedule_warms_up_holds_and_cools_down():
+    """Warmup over the first steps, the stage peak in between, a linear cooldown over the run's last
+    ``decay_steps`` that ends above 0 (every step trains), and the config round-trips with it."""
+    from components.train.config import OptimConfig
+    from components.train.trainer import lr_lambda
+
+    tc = TrainConfig(stages=(StageConfig(steps=10, lr=1e-3),), optim=OptimConfig(warmup_steps=2, decay_steps=4))
+    lr = [lr_lambda(tc)(s) for s in range(10)]
+    assert lr[0] == pytest.approx(5e-4) and lr[1:7] == pytest.approx([1e-3] * 6)
+    assert lr[6:] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    assert TrainConfig.from_dict(tc.to_dict()) == tc
+    const = TrainConfig(stages=(StageConfig(steps=10, lr=1e-3),))
+    assert [lr_lambda(const)(s) for s in range(10)] == pytest.approx([1e-3] * 10)
+    with pytest.raises(ValueError, match="OptimConfig.decay_steps"):
+        OptimConfig(decay_steps=-1)
+
+
 def test_sampler_state_round_trip():
     a = EpochSampler(5, seed=3)
     [a.next_batch(2) for _ in range(3)]
