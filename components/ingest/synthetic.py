@@ -398,7 +398,10 @@ def _render_frame(scene: _Scene, dirs_cam: np.ndarray, focal: float, rot: np.nda
         inv = 1.0 / d  # +-inf on axis-parallel rays is what the slab test needs
     # room interior: the camera is inside, so each ray exits through the far slab of every axis
     lo, hi = scene.room_min.astype(np.float32), scene.room_max.astype(np.float32)
-    ta = [(np.where(d[a] > 0, hi[a], lo[a]) - o[a]) * inv[a] for a in range(3)]
+    # the far bound is chosen by the sign *bit*: a +0.0 component has inv = +inf and must take hi (and -0.0,
+    # inv = -inf, lo) so its t is +inf, never -inf (which would win the minimum and give a NaN pixel)
+    far = [np.where(np.signbit(d[a]), lo[a], hi[a]) for a in range(3)]
+    ta = [(far[a] - o[a]) * inv[a] for a in range(3)]
     t = np.minimum(np.minimum(ta[0], ta[1]), ta[2])
     axis = np.where(ta[0] <= t, 0, np.where(ta[1] <= t, 1, 2))
     surf = axis * 2 + (np.take_along_axis(d, axis[None], 0)[0] > 0)
