@@ -37,11 +37,11 @@ from components.ingest.sources import write_manifest
 from model.video_io import write_video
 
 __all__ = [
-    "HELDOUT_STREAM",
     "DATASET_FPS",
+    "HELDOUT_STREAM",
     "KINDS",
-    "SPLITS",
     "SPEEDS",
+    "SPLITS",
     "ClipSpec",
     "RenderedClip",
     "generate_dataset",

@@ -25,15 +25,17 @@ SIZE_BUDGET_MB = 30.0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m components.train.pretrain", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", default="small")
+    ap = argparse.ArgumentParser(prog="python -m components.train.pretrain", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--preset", default="small", help="model preset (model/config.py; `python -m model info --preset NAME` describes one)")
     ap.add_argument("--out", required=True, type=Path, help="bundle folder to (re)write, e.g. assets/base/small")
     ap.add_argument("--work", type=Path, default=Path("build/pretrain"), help="scratch folder (data, cache)")
-    ap.add_argument("--clips", type=int, default=128, help="synthetic training clips (the shipped base: 128)")
+    ap.add_argument("--clips", type=int, default=128, help="synthetic training clips (the from-scratch base used 128; each continuation's clips, seed and "
+                         "steps are in the bundle's pretrain.json)")
     ap.add_argument("--frames", type=int, default=33, help="frames per clip (1 + 4k)")
-    ap.add_argument("--height", type=int, default=64)
-    ap.add_argument("--width", type=int, default=96)
-    ap.add_argument("--steps", type=int, default=9250, help="train steps (the shipped base: 9250)")
+    ap.add_argument("--height", type=int, default=64, help="frame height of the rendered clips")
+    ap.add_argument("--width", type=int, default=96, help="frame width of the rendered clips")
+    ap.add_argument("--steps", type=int, default=9250, help="train steps (the from-scratch base: 9250; with --init, steps added)")
     ap.add_argument("--seed", type=int, default=1000, help="data seed (make run uses 0)")
     ap.add_argument("--holdout-kinds", default="turn", help="classes left out, as make run's held-out split does")
     ap.add_argument("--ema", type=float, default=0.999, help="EMA decay of the shipped weights")
