@@ -63,7 +63,9 @@ def clip_cache_key(video: Path, npz: Path | None, cfg: BatchConfig) -> str:
     """SHA-256 over the clip's content and everything that changes its result."""
     h = hashlib.sha256()
     h.update(_CACHE_VERSION.encode())
-    h.update(json.dumps(dataclasses.asdict(cfg.estimator), sort_keys=True).encode())
+    est = dataclasses.asdict(cfg.estimator)
+    est.pop("focal_split_workers")  # how many processes map the focal check's groups: same poses for any count
+    h.update(json.dumps(est, sort_keys=True).encode())
     h.update(str(cfg.depth_model_path).encode())
     h.update(str(cfg.use_filters and _filters_module() is not None).encode())
     for p in (video, npz):
@@ -212,6 +214,9 @@ def run_batch(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Batch
         rows = [r for r in rows if r["id"] in wanted]
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / ".cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.workers > 1 and len(rows) > 1:
+        # Clips already run side by side: a clip's focal check maps its track groups in its own process.
+        cfg = dataclasses.replace(cfg, estimator=dataclasses.replace(cfg.estimator, focal_split_workers=1))
     jobs = []
     for row in rows:
         video = raw / row.get("path", f"{row['id']}.mp4")

@@ -14,8 +14,10 @@ them from every pair's inlier matches, and its BA drops what is left by reprojec
 
 from __future__ import annotations
 
+import multiprocessing
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -140,29 +142,32 @@ def split_focal_check(tracks: Tracks, frames_idx: np.ndarray, height: int, width
     Thin shots pay for it: a 192x120, 30-frame clip's halves mapped to -0.1 % and +3.9 % in one run, +42 %
     (its own profile spanning 130-430 px) in another (COLMAP's threads are not repeatable), which flags a
     focal the full map had within 2 %: a conservative error, never a confident one.
+    The R x G maps are independent: ``cfg.focal_split_workers`` processes map them side by side (results are
+    the same for any worker count; each map reseeds pycolmap).
     Returns focal_split_px (R, G) (NaN where a group failed to map), focal_split_bias_rel, focal_split_sigma_rel
     (inf when a group failed: part of the evidence not mappable is not evidence enough), focal_split_groups
     (per-group map stats).
     """
     g_count = cfg.focal_split_groups
     fidx = np.asarray(frames_idx)
-    need = max(3, cfg.min_registered_fraction * len(fidx))
     rng = np.random.default_rng(cfg.random_seed)  # the partitions are part of the result: repeatable
+    # Every partition is drawn first, in order, so the groups can be mapped in any order (or process): each
+    # map reseeds pycolmap's generators itself, so a group's result does not depend on who maps it.
+    labels = [rng.permutation(tracks.num_tracks) % g_count for _ in range(cfg.focal_split_repeats)]
+    jobs = [(drop_tracks(tracks, label != g), fidx, height, width, cfg) for label in labels for g in range(g_count)]
+    workers = min(cfg.focal_split_workers, len(jobs))
+    if workers <= 1:
+        outs = [_map_group(j) for j in jobs]
+    else:
+        # forkserver, as in the batch step: forking a process whose OpenMP / OpenCV threads already ran can hang.
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            outs = list(pool.map(_map_group, jobs))
     focals, groups, var = [], [], []
-    for _ in range(cfg.focal_split_repeats):
-        label = rng.permutation(tracks.num_tracks) % g_count
-        split = []
-        for g in range(g_count):
-            part = drop_tracks(tracks, label != g)
-            mp = map_tracks(part, fidx, height, width, None, cfg)
-            if mp.registered.sum() < need and cfg.colmap_mapper == "incremental":
-                # As for the whole shot (scale_free_poses): fragments of a slow shot are held together by the
-                # global mapper (measured: a 192x120 half registered 6/30 frames incremental, 30/30 global).
-                mp = map_tracks(part, fidx, height, width, None, replace(cfg, colmap_mapper="global"))
-            ok = mp.registered.sum() >= need and np.isfinite(mp.stats.get("focal_sigma_rel", np.inf))
-            split.append(float(mp.K[0, 0]) if ok else float("nan"))
-            groups.append({"registered": int(mp.registered.sum()), "focal_sigma_rel": mp.stats.get("focal_sigma_rel"),
-                           "focal_rivals_px": mp.stats.get("focal_rivals_px"), "mapper": mp.stats.get("mapper")})
+    for r in range(cfg.focal_split_repeats):
+        split = [o["focal_px"] for o in outs[r * g_count:(r + 1) * g_count]]
+        groups.extend({k: v for k, v in o.items() if k != "focal_px"} for o in outs[r * g_count:(r + 1) * g_count])
         lf = np.log(np.asarray(split))
         var.append(float(np.var(lf, ddof=1) / g_count) if np.isfinite(lf).all() else float("inf"))
         focals.append(split)
@@ -170,6 +175,21 @@ def split_focal_check(tracks: Tracks, frames_idx: np.ndarray, height: int, width
     sigma = float(np.sqrt(np.mean(var) + bias**2)) if np.isfinite(np.mean(var)) else float("inf")
     return {"focal_split_px": focals, "focal_split_bias_rel": bias, "focal_split_sigma_rel": sigma,
             "focal_split_groups": groups}
+
+
+def _map_group(job: tuple) -> dict:
+    """One track group of `split_focal_check`: its self-calibrated focal (NaN when it did not map) and map stats."""
+    part, fidx, height, width, cfg = job
+    need = max(3, cfg.min_registered_fraction * len(fidx))
+    mp = map_tracks(part, fidx, height, width, None, cfg)
+    if mp.registered.sum() < need and cfg.colmap_mapper == "incremental":
+        # As for the whole shot (scale_free_poses): fragments of a slow shot are held together by the
+        # global mapper (measured: a 192x120 half registered 6/30 frames incremental, 30/30 global).
+        mp = map_tracks(part, fidx, height, width, None, replace(cfg, colmap_mapper="global"))
+    ok = mp.registered.sum() >= need and np.isfinite(mp.stats.get("focal_sigma_rel", np.inf))
+    return {"focal_px": float(mp.K[0, 0]) if ok else float("nan"), "registered": int(mp.registered.sum()),
+            "focal_sigma_rel": mp.stats.get("focal_sigma_rel"), "focal_rivals_px": mp.stats.get("focal_rivals_px"),
+            "mapper": mp.stats.get("mapper")}
 
 
 def _register_rest(pc, rec, tracks: Tracks, fidx, kf, K, R, t, reg, cfg) -> None:

@@ -153,6 +153,10 @@ class PoseEstimatorConfig:
     # measured +5.9 % at 0.997 confidence on a clean turn). Costs G x repeats mappings of 1/G of the tracks.
     focal_split_groups: int = 2
     focal_split_repeats: int = 2
+    # Processes that map those groups side by side (forkserver workers; the result does not depend on the
+    # count). 2: this machine's cores, and the pycolmap baseline's thread count. The batch step, which
+    # already runs clips in parallel, sets it to 1 in its workers.
+    focal_split_workers: int = 2
 
     def __post_init__(self) -> None:
         for name in ("max_corners", "klt_window", "klt_levels", "min_pnp_inliers", "keyframe_max_gap"):
@@ -176,6 +180,8 @@ class PoseEstimatorConfig:
         if self.focal_profile_outlier_ratio != 0 and self.focal_profile_outlier_ratio < 1:
             raise ValueError("PoseEstimatorConfig.focal_profile_outlier_ratio must be 0 (off) or >= 1 (x the median "
                              f"reprojection error), got {self.focal_profile_outlier_ratio}")
+        if self.focal_split_workers < 1:
+            raise ValueError(f"PoseEstimatorConfig.focal_split_workers must be >= 1, got {self.focal_split_workers}")
         if self.focal_split_repeats < 1:
             raise ValueError(f"PoseEstimatorConfig.focal_split_repeats must be >= 1, got {self.focal_split_repeats}")
         if not 1.0 < self.default_hfov_deg < 179.0:

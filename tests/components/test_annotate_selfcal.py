@@ -210,3 +210,26 @@ def test_points_the_static_scene_cannot_explain_do_not_bias_the_focal(tmp_path):
     assert M.ate(res.c2w, c.c2w, "sim3")["rmse"] < 0.0025
     assert sh["sfm"]["outlier_points_dropped"] > 0
 
+
+
+def test_focal_split_check_gives_the_same_answer_in_worker_processes(mixed_clip):
+    # The check's R x G group maps run in focal_split_workers processes; each reseeds pycolmap, and the
+    # partitions are drawn before any map runs, so the worker count must not change a single number.
+    import cv2
+
+    from components.annotate.colmap_backend import split_focal_check
+    from components.annotate.tracks import track_clip
+
+    c = mixed_clip
+    gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in c.frames])
+    cfg = PoseEstimatorConfig(focal_split_workers=1)
+    tracks = track_clip(gray, cfg)
+    idx = np.arange(len(gray))
+    one = split_focal_check(tracks, idx, *gray.shape[1:], 230.0, cfg)
+    two = split_focal_check(tracks, idx, *gray.shape[1:], 230.0, PoseEstimatorConfig(focal_split_workers=2))
+    assert np.asarray(one["focal_split_px"]).shape == (cfg.focal_split_repeats, cfg.focal_split_groups)
+    assert np.isfinite(one["focal_split_px"]).any()  # something mapped, so the comparison means something
+    np.testing.assert_array_equal(one["focal_split_px"], two["focal_split_px"])
+    assert one["focal_split_groups"] == two["focal_split_groups"]
+    with pytest.raises(ValueError, match="focal_split_workers"):
+        PoseEstimatorConfig(focal_split_workers=0)
