@@ -60,7 +60,7 @@ SPEEDS = ("slow", "fast")
 
 
 
-def _ours_scale_free(frames_in, fps_in, tmp: Path, mapper: str):
+def _ours_scale_free(frames_in, fps_in, tmp: Path, mapper: str, workers: int = 2):
     """H.264 round trip of frames (N,H,W,3) uint8 (what a user's footage has been through), then our
     scale-free, intrinsics-free estimate, timed. Returns (frames, fps, PoseResult, seconds)."""
     from components.annotate.poses import PoseEstimatorConfig
@@ -68,7 +68,7 @@ def _ours_scale_free(frames_in, fps_in, tmp: Path, mapper: str):
     write_video(frames_in, tmp / "clip.mp4", fps_in)
     frames, fps = read_video(tmp / "clip.mp4")
     t0 = time.perf_counter()
-    res = estimate_poses(frames, fps, None, scale_free=True, config=PoseEstimatorConfig(colmap_mapper=mapper))
+    res = estimate_poses(frames, fps, None, scale_free=True, config=PoseEstimatorConfig(colmap_mapper=mapper, focal_split_workers=workers))
     return frames, fps, res, time.perf_counter() - t0
 
 def run_pycolmap(frames: np.ndarray, K: np.ndarray | None, workdir: Path, init_min_tri_angle_deg: float = 4.0,
@@ -174,7 +174,7 @@ def _rows_real_footage(args) -> list[dict]:
             frames_in = clip.frames if cond == "clean" else degrade(clip.frames, args.seed + ki)
             f_true = float(clip.intrinsics[0, 0, 0])
             with tempfile.TemporaryDirectory() as td:
-                frames, fps, res, t_ours = _ours_scale_free(frames_in, clip.fps, Path(td), args.mapper)
+                frames, _fps, res, t_ours = _ours_scale_free(frames_in, clip.fps, Path(td), args.mapper, args.workers)
                 f_ours = float(res.intrinsics[0, 0, 0])
                 row = {"kind": kind, "condition": cond, "speed": args.speed, "fov_deg": args.fov,
                        "ours": {**score(res.c2w, res.registered, clip.c2w, metric=False),
@@ -271,7 +271,7 @@ def _rows_scaling(args) -> list[dict]:
             clip = render_clip(spec)
             f_true = float(clip.intrinsics[0, 0, 0])
             with tempfile.TemporaryDirectory() as td:
-                frames, fps, res, t_ours = _ours_scale_free(clip.frames, clip.fps, Path(td), args.mapper)
+                frames, _fps, res, t_ours = _ours_scale_free(clip.frames, clip.fps, Path(td), args.mapper, args.workers)
                 f_ours = float(res.intrinsics[0, 0, 0])
                 sfm = [sh.get("sfm", {}) for sh in res.diagnostics["shots"]]
                 rows.append({"kind": kind, "frames": n, "method": "ours", "finished": True, "seconds": t_ours,
@@ -382,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="real-footage / scaling mode: key of the results file to (re)write (default real_footage / scaling)")
     p.add_argument("--mapper", choices=("incremental", "global"), default="incremental",
                    help="real-footage mode: our pycolmap mapper")
+    p.add_argument("--workers", type=int, default=2,
+                   help="real-footage / scaling mode: our focal check's worker processes (pycolmap gets 2 threads)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "annotate.json"))
     args = p.parse_args(argv)
     real = args.mode in ("real-footage", "scaling")

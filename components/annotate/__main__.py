@@ -20,7 +20,7 @@ import numpy as np
 
 from components.annotate.batch import BatchConfig, run_batch
 from components.annotate.fanout import make_plan, merge_shards, parse_ids, write_plan
-from components.annotate.poses import estimate_poses
+from components.annotate.poses import PoseEstimatorConfig, estimate_poses
 
 __all__ = ["main"]
 
@@ -49,7 +49,8 @@ def _single(args: argparse.Namespace) -> int:
     if depth is None and depth_model is None and not args.scale_free:
         raise SystemExit("no metric scale source: pass --depth, --depth-model or --scale-free")
     res = estimate_poses(frames, fps, intrinsics=K, depth=depth, depth_model=depth_model,
-                         scale_free=args.scale_free and depth is None and depth_model is None)
+                         scale_free=args.scale_free and depth is None and depth_model is None,
+                         config=PoseEstimatorConfig(focal_split_workers=args.workers))
     from model.atomic import atomic_path
 
     out = Path(args.out)
@@ -65,7 +66,7 @@ def _single(args: argparse.Namespace) -> int:
 def _batch(args: argparse.Namespace) -> int:
     cfg = BatchConfig(workers=args.workers, shard_size=args.shard_size, cache_dir=args.cache_dir,
                       depth_model_path=args.depth_model, use_filters=not args.no_filters,
-                      progress=not args.quiet)
+                      progress=not args.quiet, estimator=PoseEstimatorConfig(focal_split_workers=args.workers))
     summary = run_batch(args.raw, args.out, cfg, ids=parse_ids(args.ids) if args.ids is not None else None)
     print(json.dumps({k: summary[k] for k in ("kept", "dropped", "failed", "computed", "cached", "shards")}))
     return 0
@@ -89,33 +90,34 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point shared by the CLI, DVC stages and the KFP component. Returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "plan":
-        p = argparse.ArgumentParser(prog="python -m components.annotate plan",
+        p = argparse.ArgumentParser(prog="python -m components.annotate plan", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                     description="Split the ok clips of a raw manifest into K cost-balanced groups.")
         p.add_argument("--raw", required=True, help="raw dir with manifest.jsonl")
         p.add_argument("--groups", type=int, required=True, help="number of groups K (fewer if fewer clips)")
         p.add_argument("--out", required=True, help="plan .json to write")
         return _plan(p.parse_args(argv[1:]))
     if argv and argv[0] == "merge":
-        p = argparse.ArgumentParser(prog="python -m components.annotate merge",
+        p = argparse.ArgumentParser(prog="python -m components.annotate merge", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                     description="Merge several shard folders into one (shards renumbered).")
         p.add_argument("--parts", required=True, nargs="+", help="shard folders written by 'batch'")
         p.add_argument("--out", required=True, help="merged shard folder (replaced atomically)")
-        p.add_argument("--shard-size", type=int, default=16)
+        p.add_argument("--shard-size", type=int, default=16, help="clips per shard file")
         return _merge(p.parse_args(argv[1:]))
     if argv and argv[0] == "batch":
-        p = argparse.ArgumentParser(prog="python -m components.annotate batch",
+        p = argparse.ArgumentParser(prog="python -m components.annotate batch", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                     description="Annotate a raw clip directory into webdataset shards.")
         p.add_argument("--raw", required=True, help="raw dir with manifest.jsonl, <id>.mp4, optional <id>.npz")
         p.add_argument("--out", required=True, help="shard output dir")
-        p.add_argument("--workers", type=int, default=2)
-        p.add_argument("--shard-size", type=int, default=16)
-        p.add_argument("--cache-dir", default=None, help="result cache (default <out>/.cache)")
+        p.add_argument("--workers", type=int, default=2,
+                       help="processes: clips annotated side by side (a lone clip's focal check uses them instead)")
+        p.add_argument("--shard-size", type=int, default=16, help="clips per shard file")
+        p.add_argument("--cache-dir", default=None, help="result cache folder (None: <out>/.cache)")
         p.add_argument("--depth-model", default=None, help="local metric depth checkpoint for clips without depth")
         p.add_argument("--no-filters", action="store_true", help="skip components.ingest.filters")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.add_argument("--ids", default=None, help="only these clips: 'a,b,c' or @file (JSON list or one id a line)")
         return _batch(p.parse_args(argv[1:]))
-    p = argparse.ArgumentParser(prog="python -m components.annotate",
+    p = argparse.ArgumentParser(prog="python -m components.annotate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Estimate per-frame camera poses of one video "
                                             "(use 'batch --help' for directories, 'plan'/'merge --help' for the fan-out).")
     p.add_argument("video")
@@ -124,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--intrinsics", help="npz with intrinsics (3,3) or (N,3,3)")
     p.add_argument("--depth-model", help="local transformers metric-depth checkpoint dir")
     p.add_argument("--scale-free", action="store_true", help="no depth: poses up to scale (metric=False)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="processes that map the self-calibration check's track groups side by side (same result)")
     return _single(p.parse_args(argv))
 
 

@@ -215,7 +215,8 @@ def run_batch(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Batch
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / ".cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     if cfg.workers > 1 and len(rows) > 1:
-        # Clips already run side by side: a clip's focal check maps its track groups in its own process.
+        # Clips already run side by side: a clip's focal check maps its track groups in its own process
+        # (a lone clip keeps the estimator's focal_split_workers: the CLI passes --workers there).
         cfg = dataclasses.replace(cfg, estimator=dataclasses.replace(cfg.estimator, focal_split_workers=1))
     jobs = []
     for row in rows:

@@ -14,7 +14,10 @@ them from every pair's inlier matches, and its BA drops what is left by reprojec
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -63,6 +66,32 @@ def seeded(options, seed: int, _depth: int = 0):
     return options
 
 
+@contextlib.contextmanager
+def colmap_log_captured(path: Path):
+    """Send what COLMAP's C++ code writes to stderr (file descriptor 2) into ``path`` while the block runs.
+
+    pycolmap 4.2.1 logs every bundle adjustment and registration at INFO, and its ``logging.minloglevel`` /
+    ``stderrthreshold`` settings do not silence it (measured: ~60 lines per focal profile, thousands per clip).
+    On an exception the log's last 40 lines go to stderr with it, so a failure still shows COLMAP's words.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as fh:
+            os.dup2(fh.fileno(), 2)
+            try:
+                yield
+            except BaseException:
+                os.dup2(saved, 2)
+                tail = Path(path).read_text(errors="replace").splitlines()[-40:]
+                sys.stderr.write("COLMAP's last log lines:\n" + "\n".join(tail) + "\n")
+                raise
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 @dataclass
 class MapResult:
     """pycolmap's reconstruction of one clip segment.
@@ -103,20 +132,20 @@ def map_tracks(tracks: Tracks, frames_idx: np.ndarray, height: int, width: int, 
     OpenCV centres: known intrinsics, held fixed. Returns a `MapResult` over the M frames, in frames_idx order.
     """
     pc = _pycolmap()
-    pc.logging.minloglevel = 2  # COLMAP logs every registration at INFO: thousands of lines per clip
     fidx = np.asarray(frames_idx)
     step = max(1, cfg.colmap_keyframe_step)
     kf = np.unique(np.r_[np.arange(0, len(fidx), step), len(fidx) - 1])
-    with tempfile.TemporaryDirectory(prefix="annotate-colmap-", dir=workdir) as td:
+    with tempfile.TemporaryDirectory(prefix="annotate-colmap-", dir=workdir) as td, \
+            colmap_log_captured(Path(td) / "colmap.log"):
         res, rec = _map(pc, Path(td), tracks, fidx[kf], height, width, focal_prior, cfg, fixed_K)
-    R = np.full((len(fidx), 3, 3), np.nan)
-    t = np.full((len(fidx), 3), np.nan)
-    reg = np.zeros(len(fidx), bool)
-    R[kf], t[kf], reg[kf] = res.w2c_R, res.w2c_t, res.registered
-    res.stats["keyframes"] = len(kf)
-    res.stats["keyframes_registered"] = int(res.registered.sum())
-    if rec is not None:
-        _register_rest(pc, rec, tracks, fidx, kf, res.K, R, t, reg, cfg)
+        R = np.full((len(fidx), 3, 3), np.nan)
+        t = np.full((len(fidx), 3), np.nan)
+        reg = np.zeros(len(fidx), bool)
+        R[kf], t[kf], reg[kf] = res.w2c_R, res.w2c_t, res.registered
+        res.stats["keyframes"] = len(kf)
+        res.stats["keyframes_registered"] = int(res.registered.sum())
+        if rec is not None:
+            _register_rest(pc, rec, tracks, fidx, kf, res.K, R, t, reg, cfg)
     res.w2c_R, res.w2c_t, res.registered = R, t, reg
     return res
 

@@ -154,9 +154,10 @@ class PoseEstimatorConfig:
     focal_split_groups: int = 2
     focal_split_repeats: int = 2
     # Processes that map those groups side by side (forkserver workers; the result does not depend on the
-    # count). 2: this machine's cores, and the pycolmap baseline's thread count. The batch step, which
-    # already runs clips in parallel, sets it to 1 in its workers.
-    focal_split_workers: int = 2
+    # count). 1 here, because worker processes need the caller's `if __name__ == "__main__":` guard (as any
+    # process pool does); the CLIs and the bench have it and pass their cores (--workers). The batch step,
+    # which already runs clips in parallel, uses 1 in its workers.
+    focal_split_workers: int = 1
 
     def __post_init__(self) -> None:
         for name in ("max_corners", "klt_window", "klt_levels", "min_pnp_inliers", "keyframe_max_gap"):

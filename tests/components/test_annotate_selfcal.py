@@ -233,3 +233,21 @@ def test_focal_split_check_gives_the_same_answer_in_worker_processes(mixed_clip)
     assert one["focal_split_groups"] == two["focal_split_groups"]
     with pytest.raises(ValueError, match="focal_split_workers"):
         PoseEstimatorConfig(focal_split_workers=0)
+
+
+def test_colmap_log_goes_to_a_file_and_comes_back_on_failure(tmp_path, capfd):
+    # pycolmap 4.2.1 ignores its own logging.minloglevel: each bundle adjustment writes INFO lines to fd 2.
+    import pycolmap
+
+    from components.annotate.colmap_backend import colmap_log_captured
+
+    log = tmp_path / "colmap.log"
+    with colmap_log_captured(log):
+        pycolmap.bundle_adjustment(pycolmap.Reconstruction(), pycolmap.BundleAdjustmentOptions())
+    assert "bundle adjustment" not in capfd.readouterr().err.lower()
+    assert "bundle adjustment" in log.read_text().lower()
+    with pytest.raises(RuntimeError, match="boom"), colmap_log_captured(log):
+        pycolmap.bundle_adjustment(pycolmap.Reconstruction(), pycolmap.BundleAdjustmentOptions())
+        raise RuntimeError("boom")
+    err = capfd.readouterr().err
+    assert "COLMAP's last log lines" in err and "bundle adjustment" in err.lower()
