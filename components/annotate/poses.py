@@ -137,6 +137,9 @@ class PoseEstimatorConfig:
     # Wider: the split test catches the confidently wrong (hard clips measured at 42 % and inf), and half the
     # default FOV's typical error on real footage (15-20 %) is still the better guess; the confidence says so.
     focal_max_split_sigma_rel: float = 0.10
+    # A shot whose focal failed only the split test is re-mapped with the default FOV; the untrusted map keeps
+    # the poses when the default-FOV map registers fewer than this share of its frames (scale_free_poses).
+    focal_fallback_min_kept: float = 0.8
     # SfM focal profile (colmap_backend.focal_profile): log-f steps, range x/÷ span around the mapper's focal,
     # BA iterations per step (each step starts from its neighbour's solution, so few are needed).
     focal_profile_step: float = 0.04
@@ -181,6 +184,8 @@ class PoseEstimatorConfig:
         if self.focal_profile_outlier_ratio != 0 and self.focal_profile_outlier_ratio < 1:
             raise ValueError("PoseEstimatorConfig.focal_profile_outlier_ratio must be 0 (off) or >= 1 (x the median "
                              f"reprojection error), got {self.focal_profile_outlier_ratio}")
+        if not 0.0 <= self.focal_fallback_min_kept <= 1.0:
+            raise ValueError(f"PoseEstimatorConfig.focal_fallback_min_kept must be in [0,1], got {self.focal_fallback_min_kept}")
         if self.focal_split_workers < 1:
             raise ValueError(f"PoseEstimatorConfig.focal_split_workers must be >= 1, got {self.focal_split_workers}")
         if self.focal_split_repeats < 1:
