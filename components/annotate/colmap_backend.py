@@ -222,7 +222,13 @@ def _map_group(job: tuple) -> dict:
 
 
 def _register_rest(pc, rec, tracks: Tracks, fidx, kf, K, R, t, reg, cfg) -> None:
-    """Absolute pose of each non-keyframe against the map's points (track id -> 3D point)."""
+    """Absolute pose of each non-keyframe against the map's points (track id -> 3D point).
+
+    A frame is posed only beside a registered keyframe (one of the two that bracket it), and only when its
+    pose turns from that keyframe's by at most ``cfg.pnp_max_turn_deg_per_frame`` per frame between them:
+    where the map failed, PnP on the few points in view fits garbage (measured on the bench's hard turn:
+    frames whose bracketing keyframes had failed came out 53 and 83 deg off their neighbours).
+    """
     xyz: dict[int, np.ndarray] = {}
     for img in rec.images.values():
         k = int(Path(img.name).stem)
@@ -236,7 +242,12 @@ def _register_rest(pc, rec, tracks: Tracks, fidx, kf, K, R, t, reg, cfg) -> None
     est.ransac.max_error = 2 * cfg.colmap_ransac_px
     is_kf = np.zeros(len(fidx), bool)
     is_kf[kf] = True
+    kf_reg = kf[reg[kf]]
     for j in np.flatnonzero(~is_kf):
+        pos = np.searchsorted(kf, j)  # kf[pos - 1] < j < kf[pos]
+        near = [k for k in (kf[pos - 1], kf[pos] if pos < len(kf) else None) if k is not None and k in kf_reg]
+        if not near:
+            continue
         ids, pts = tracks.obs[fidx[j]]
         sel = [i for i, tid in enumerate(ids) if int(tid) in xyz]
         if len(sel) < cfg.min_pnp_inliers:
@@ -246,6 +257,10 @@ def _register_rest(pc, rec, tracks: Tracks, fidx, kf, K, R, t, reg, cfg) -> None
         if out is None or out["num_inliers"] < cfg.min_pnp_inliers:
             continue
         M = out["cam_from_world"].matrix()
+        k = min(near, key=lambda k: abs(k - j))
+        cos = (np.trace(M[:, :3] @ R[k].T) - 1.0) / 2.0
+        if np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))) > cfg.pnp_max_turn_deg_per_frame * abs(int(k) - int(j)):
+            continue
         R[j], t[j], reg[j] = M[:, :3], M[:, 3], True
 
 

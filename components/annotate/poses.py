@@ -106,6 +106,9 @@ class PoseEstimatorConfig:
     colmap_threads: int = 1
     random_seed: int = 0  # OpenCV's RANSAC and every pycolmap generator, seeded per clip (repeatable poses)
     colmap_keyframe_step: int = 3  # map every k-th frame with SfM, register the rest by absolute pose
+    # ... beside a registered keyframe, turning from it by at most this per frame (a fast 180 deg/s pan at
+    # 16 fps turns 11 deg a frame; a bad PnP pose measured 53-83 deg off).
+    pnp_max_turn_deg_per_frame: float = 20.0
     # Incremental mapper: models started per shot (COLMAP's default 50). Only the largest is kept, and one
     # covering less than min_registered_fraction sends the shot to the global mapper, so more models are
     # spent effort; on a pure pan every model fails slowly (no triangulation angle): see colmap_backend.
@@ -184,6 +187,8 @@ class PoseEstimatorConfig:
         if self.focal_profile_outlier_ratio != 0 and self.focal_profile_outlier_ratio < 1:
             raise ValueError("PoseEstimatorConfig.focal_profile_outlier_ratio must be 0 (off) or >= 1 (x the median "
                              f"reprojection error), got {self.focal_profile_outlier_ratio}")
+        if self.pnp_max_turn_deg_per_frame <= 0:
+            raise ValueError(f"PoseEstimatorConfig.pnp_max_turn_deg_per_frame must be > 0, got {self.pnp_max_turn_deg_per_frame}")
         if not 0.0 <= self.focal_fallback_min_kept <= 1.0:
             raise ValueError(f"PoseEstimatorConfig.focal_fallback_min_kept must be in [0,1], got {self.focal_fallback_min_kept}")
         if self.focal_split_workers < 1:

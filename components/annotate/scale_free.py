@@ -200,7 +200,8 @@ def scale_free_poses(gray: np.ndarray, K_given: np.ndarray | None, cfg: PoseEsti
             # Poses kept from the untrusted map keep its focal too: a pose is only right with the K it was
             # solved with (the default K beside them would be a second, silent error). Its confidence says
             # it is untrusted (sigma above focal_max_sigma_rel).
-            why = "absolute pose failed (too few tracks on mapped points)"
+            why = ("absolute pose not solved: no registered keyframe beside it, too few tracks on mapped points, or "
+                   "a turn from its keyframe too fast to be real")
             rmses.append(mp.reprojection_rmse_px)
         else:
             seg_reg = rot.registered
