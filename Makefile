@@ -55,10 +55,11 @@ run: setup  ## run the whole DAG locally (KFP local runner, MLflow/SQLite, DVC, 
 # continues the shipped base for PRETRAIN_STEPS more steps (its VAE kept; pretrain.json nests the earlier record).
 PRETRAIN_STEPS ?= 9250
 PRETRAIN_CLIPS ?= 128
+PRETRAIN_SEED  ?= 1000
 PRETRAIN_INIT  ?=
 PRETRAIN_DECAY ?= 0
 pretrain: setup  ## regenerate the base checkpoint assets/base/PRESET (see components/train/pretrain.py)
-	$(VPY) -m components.train.pretrain --preset $(PRESET) --clips $(PRETRAIN_CLIPS) --steps $(PRETRAIN_STEPS) \
+	$(VPY) -m components.train.pretrain --preset $(PRESET) --clips $(PRETRAIN_CLIPS) --seed $(PRETRAIN_SEED) --steps $(PRETRAIN_STEPS) \
 		--out assets/base/$(PRESET) --work build/pretrain/$(PRESET) $(if $(PRETRAIN_INIT),--init $(PRETRAIN_INIT)) --lr-decay-steps $(PRETRAIN_DECAY)
 
 # One OpenMP thread per test process: the tests run tiny models, where thread start-up costs more than it

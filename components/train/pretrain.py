@@ -16,6 +16,7 @@ step count. The CPU base is compute-bound (about 2 s a step here), so this is ho
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -85,6 +86,16 @@ def _half_bundle(src: Path, dst: Path) -> dict[str, float]:
     return sizes
 
 
+def regenerate_command(a: argparse.Namespace, earlier: dict | None) -> str:
+    """The ``make pretrain`` line that repeats this run (every option that differs from the Makefile's
+    defaults), then ``, after: `` the earlier run's line when this one continued a bundle."""
+    line = (f"make pretrain PRESET={a.preset} PRETRAIN_CLIPS={a.clips} PRETRAIN_SEED={a.seed} "
+            f"PRETRAIN_STEPS={a.steps}"
+            + (f" PRETRAIN_INIT={a.init}" if a.init is not None else "")
+            + (f" PRETRAIN_DECAY={a.lr_decay_steps}" if a.lr_decay_steps else ""))
+    return line + (f", after: {earlier['regenerate']}" if earlier and earlier.get("regenerate") else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     if a.clips < 1 or a.steps < 1 or (a.frames - 1) % 4:
@@ -96,8 +107,6 @@ def main(argv: list[str] | None = None) -> int:
         if not (a.init / "config.json").is_file():
             print(f"error: --init {str(a.init)!r} is not a model bundle (no config.json)", file=sys.stderr)
             return 2
-        import json
-
         rec = a.init / "pretrain.json"
         earlier = json.loads(rec.read_text()) if rec.is_file() else {"steps": None, "bundle": str(a.init)}
     w = a.work
@@ -124,15 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     total_steps = a.steps + (earlier.get("steps") or 0 if earlier else 0)
     record = {"preset": a.preset, "seed": a.seed, "clips": a.clips, "frames": a.frames, "steps": total_steps,
               "steps_this_run": a.steps, "lr_decay_steps": a.lr_decay_steps, "ema": a.ema,
-              "commands": log, "regenerate": (f"make pretrain PRESET={a.preset} PRETRAIN_STEPS={a.steps}"
-                             + (f" PRETRAIN_INIT={a.init}" if a.init is not None else "")
-                             + (f" PRETRAIN_DECAY={a.lr_decay_steps}" if a.lr_decay_steps else "")
-                             + (f", after: {earlier['regenerate']}" if earlier and earlier.get("regenerate") else "")),
+              "commands": log, "regenerate": regenerate_command(a, earlier),
               "dtype": "float16",
               "sizes_mb": sizes, "total_mb": total, "package_version": PACKAGE_VERSION, "torch": torch.__version__}
     if earlier is not None:
         record["continued_from"] = earlier
     atomic.write_json(a.out / "pretrain.json", record)
+    meta = json.loads((a.out / "metadata.json").read_text())
+    meta.setdefault("info", {})["total_steps"] = total_steps  # info.steps is this run's (the train step's record)
+    atomic.write_json(a.out / "metadata.json", meta)
     print(f"pretrain: wrote {a.out} ({total:.1f} MB of weights)")
     if total > SIZE_BUDGET_MB:
         print(f"warning: {total:.1f} MB exceeds the {SIZE_BUDGET_MB:.0f} MB budget for a bundled checkpoint",

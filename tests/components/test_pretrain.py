@@ -44,6 +44,9 @@ def test_pretrain_writes_a_half_precision_bundle_that_train_init_loads(tmp_path,
     cmds = [c["cmd"] for c in rec2["commands"]]
     assert f"--init-bundle {out}" in cmds[2] and f"--init {out}" in cmds[3] and "--lr-decay-steps 2" in cmds[3]
     assert rec2["lr_decay_steps"] == 2 and "PRETRAIN_DECAY=2" in rec2["regenerate"]
+    # the recorded line repeats the run: its data (clips, seed) too, not just the steps
+    assert rec2["regenerate"].startswith("make pretrain PRESET=tiny PRETRAIN_CLIPS=2 PRETRAIN_SEED=1000 PRETRAIN_STEPS=2")
+    assert json.loads((more / "metadata.json").read_text())["info"]["total_steps"] == 3
     vae_a, vae_b = (load_file(str(d / "vae" / "model.safetensors")) for d in (out, more))
     assert vae_a.keys() == vae_b.keys() and all(torch.equal(vae_a[k], vae_b[k]) for k in vae_a)
     net_a, net_b = (load_file(str(d / "network" / "model.safetensors")) for d in (out, more))
