@@ -190,7 +190,7 @@ def split_focal_check(tracks: Tracks, frames_idx: np.ndarray, height: int, width
     else:
         # forkserver, as in the batch step: forking a process whose OpenMP / OpenCV threads already ran can hang.
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
+        ctx.set_forkserver_preload([__name__, "pycolmap"])  # workers fork with pycolmap loaded (~0.3 s each)
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             outs = list(pool.map(_map_group, jobs))
     focals, groups, var = [], [], []
