@@ -109,6 +109,10 @@ def test_bad_config_names_the_field():
         PoseEstimatorConfig(focal_profile_outlier_ratio=0.5)
     with pytest.raises(ValueError, match="focal_max_split_sigma_rel"):
         PoseEstimatorConfig(focal_max_split_sigma_rel=0.01)
+    with pytest.raises(ValueError, match="pnp_max_turn_deg_per_frame"):
+        PoseEstimatorConfig(pnp_max_turn_deg_per_frame=0.0)
+    with pytest.raises(ValueError, match="focal_fallback_min_kept"):
+        PoseEstimatorConfig(focal_fallback_min_kept=1.5)
 
 
 def _degrade(frames, seed=0):
