@@ -210,6 +210,7 @@ def split_focal_check(tracks: Tracks, frames_idx: np.ndarray, height: int, width
 def _map_group(job: tuple) -> dict:
     """One track group of `split_focal_check`: its self-calibrated focal (NaN when it did not map) and map stats."""
     part, fidx, height, width, cfg = job
+    cfg = replace(cfg, focal_profile_step=cfg.focal_split_profile_step)  # a basin, not a sigma (see the config)
     t0 = time.perf_counter()
     need = max(3, cfg.min_registered_fraction * len(fidx))
     mp = map_tracks(part, fidx, height, width, None, cfg)
@@ -218,9 +219,12 @@ def _map_group(job: tuple) -> dict:
         # global mapper (measured: a 192x120 half registered 6/30 frames incremental, 30/30 global).
         mp = map_tracks(part, fidx, height, width, None, replace(cfg, colmap_mapper="global"))
     ok = mp.registered.sum() >= need and np.isfinite(mp.stats.get("focal_sigma_rel", np.inf))
+    prof = [f for f, _ in mp.stats.get("focal_profile", [])]
     return {"focal_px": float(mp.K[0, 0]) if ok else float("nan"), "registered": int(mp.registered.sum()),
             "focal_sigma_rel": mp.stats.get("focal_sigma_rel"), "focal_rivals_px": mp.stats.get("focal_rivals_px"),
-            "mapper": mp.stats.get("mapper"), "seconds": time.perf_counter() - t0}
+            "mapper": mp.stats.get("mapper"), "profile_bundle_adjustments": len(prof),
+            "profile_step_rel": float(np.exp(np.median(np.diff(np.log(prof))))) - 1.0 if len(prof) > 1 else None,
+            "seconds": time.perf_counter() - t0}
 
 
 def _register_rest(pc, rec, tracks: Tracks, fidx, kf, K, R, t, reg, cfg) -> None:

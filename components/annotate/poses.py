@@ -159,6 +159,11 @@ class PoseEstimatorConfig:
     # measured +5.9 % at 0.997 confidence on a clean turn). Costs G x repeats mappings of 1/G of the tracks.
     focal_split_groups: int = 2
     focal_split_repeats: int = 2
+    # The groups' focal profiles step twice as coarsely: a group's map only has to name its basin, not an
+    # honest sigma (the split's spread is the sigma). Measured on the bench's clean walk and turn: the same
+    # group focals as at focal_profile_step, half the bundle adjustments. The all-track map keeps the fine step
+    # (at 0.08 a clean strafe's profile no longer pinned its focal and the shot fell back to the default FOV).
+    focal_split_profile_step: float = 0.08
     # Processes that map those groups side by side (forkserver workers; the result does not depend on the
     # count). 1 here, because worker processes need the caller's `if __name__ == "__main__":` guard (as any
     # process pool does); the CLIs and the bench have it and pass their cores (--workers). The batch step,
@@ -193,6 +198,9 @@ class PoseEstimatorConfig:
             raise ValueError(f"PoseEstimatorConfig.focal_fallback_min_kept must be in [0,1], got {self.focal_fallback_min_kept}")
         if self.focal_split_workers < 1:
             raise ValueError(f"PoseEstimatorConfig.focal_split_workers must be >= 1, got {self.focal_split_workers}")
+        for name in ("focal_profile_step", "focal_split_profile_step"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"PoseEstimatorConfig.{name} must be > 0 (a relative step in focal), got {getattr(self, name)}")
         if self.focal_split_repeats < 1:
             raise ValueError(f"PoseEstimatorConfig.focal_split_repeats must be >= 1, got {self.focal_split_repeats}")
         if not 1.0 < self.default_hfov_deg < 179.0:

@@ -240,6 +240,13 @@ def test_focal_split_check_gives_the_same_answer_in_worker_processes(mixed_clip)
     assert untimed(one["focal_split_groups"]) == untimed(two["focal_split_groups"])
     with pytest.raises(ValueError, match="focal_split_workers"):
         PoseEstimatorConfig(focal_split_workers=0)
+    # The groups only name their basin: their profiles step focal_split_profile_step, not the fine step.
+    steps = [g["profile_step_rel"] for g in one["focal_split_groups"] if g["profile_step_rel"] is not None]
+    assert steps and np.allclose(steps, cfg.focal_split_profile_step, rtol=1e-6)
+    assert cfg.focal_split_profile_step != cfg.focal_profile_step
+    for name in ("focal_profile_step", "focal_split_profile_step"):
+        with pytest.raises(ValueError, match=name):
+            PoseEstimatorConfig(**{name: 0.0})
 
 
 def test_colmap_log_goes_to_a_file_and_comes_back_on_failure(tmp_path, capfd):
