@@ -175,7 +175,7 @@ def split_focal_check(tracks: Tracks, frames_idx: np.ndarray, height: int, width
     the same for any worker count; each map reseeds pycolmap).
     Returns focal_split_px (R, G) (NaN where a group failed to map), focal_split_bias_rel, focal_split_sigma_rel
     (inf when a group failed: part of the evidence not mappable is not evidence enough), focal_split_groups
-    (per-group map stats and seconds; measured on the clean walk: 4 maps of 1.4-1.7 s, 6.3 s one after another, 4.8 s
+    (per-group map stats and seconds; measured on the clean walk before the coarse group profile: 4 maps of 1.4-1.7 s, 6.3 s one after another, 4.8 s
     in 2 workers: each worker process re-imports the caller's main module first, about 1 s).
     """
     g_count = cfg.focal_split_groups
