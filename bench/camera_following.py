@@ -8,7 +8,7 @@ held-out shard folder, for each bundle, with the same seeds, and reports the mea
 per clip, so a base change is judged on the clips both bundles saw.
 
     .venv/bin/python bench/camera_following.py --heldout build/h_cam --bundle assets/base/small \
-        --bundle NEW [--num-clips 24] [--max-frames 69] [--camera-guidance 2]
+        --bundle NEW [--num-clips 24] [--max-frames 69] [--camera-guidance 2] [--reuse OLD.json]
 
 A held-out folder: ``python -m components.ingest --synthetic 24 --seed 7 --frames 69 --split heldout
 --holdout-kinds turn --out build/h_cam_raw`` then ``python -m components.annotate batch --raw build/h_cam_raw
@@ -18,6 +18,7 @@ A held-out folder: ``python -m components.ingest --synthetic 24 --seed 7 --frame
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -81,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", choices=("streaming", "bidirectional", "few_step"), default=None,
                     help="sampler (default: the bundle's)")
     ap.add_argument("--seed", type=int, default=0, help="generation seed (the same for every bundle)")
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="an earlier result file of this bench: its bundles are not scored again (same held-out "
+                         "clips, seed and guidance required) and the first of them is the paired reference")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "camera_following.json")
     a = ap.parse_args(argv)
     for b in a.bundle:
@@ -99,6 +103,16 @@ def main(argv: list[str] | None = None) -> int:
              for c in load_held_out(a.heldout, a.num_clips)]
     g = a.camera_guidance if a.camera_guidance > 0 else None
     rows = []
+    if a.reuse is not None:
+        old = json.loads(a.reuse.read_text())
+        same = (old["heldout"] == str(a.heldout) and old["num_clips"] == len(clips) and old["seed"] == a.seed
+                and old["frames"] == len(clips[0].frames) and old["camera_guidance"] == g)
+        if not same:
+            print(f"error: --reuse {str(a.reuse)!r} was measured on other clips, seed or guidance "
+                  f"({old['heldout']}, {old['num_clips']} clips of {old['frames']}, seed {old['seed']}, "
+                  f"g {old['camera_guidance']})", file=sys.stderr)
+            return 2
+        rows = [r for r in old["bundles"] if r["bundle"] not in {str(b) for b in a.bundle}] + rows
     for b in a.bundle:
         r = score_bundle(b, clips, a.seed, g, a.mode)
         rows.append(r)
