@@ -300,16 +300,30 @@ def publish(run_dir: Path, layout: DataLayout) -> dict[str, str]:
     return out
 
 
+def busy_seconds(spans: list[tuple[float, float]]) -> float:
+    """Length of the union of ``spans`` [(start, end), ...] in seconds.
+
+    A step's tasks need not run back to back (the held-out annotate task runs after quantize), so the span
+    from the first start to the last end would count the steps in between; overlapping tasks count once.
+    """
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
 def _read_timings(folder: Path) -> dict[str, dict[str, Any]]:
     import json
 
     got: dict[str, dict[str, Any]] = {}
     for step in STEPS:
         parts = [json.loads(p.read_text()) for p in sorted(folder.glob(f"{step}.*.json"))]
-        if parts:  # wall span over the step's tasks; FAILED if any task failed
-            start, end = min(p["start"] for p in parts), max(p["end"] for p in parts)
+        if parts:  # time any of the step's tasks ran; FAILED if any task failed
             status = "FAILED" if any(p["status"] != "SUCCESS" for p in parts) else "SUCCESS"
-            got[step] = {"step": step, "seconds": end - start, "status": status, "tasks": len(parts)}
+            got[step] = {"step": step, "seconds": busy_seconds([(p["start"], p["end"]) for p in parts]),
+                         "status": status, "tasks": len(parts)}
     return got
 
 

@@ -21,7 +21,8 @@ def _record(step: str, seconds: float, status: str) -> None:
     """Leave ``<step>.<pid>.json`` in ``$SANA_WM_TIMINGS_DIR`` for the local driver's summary table.
 
     One file per task: a step that fans out (annotate: plan, N groups, merge) leaves several, and the
-    driver reports the wall span from the first start to the last end.
+    driver reports the time any of them ran (``pipelines.local.busy_seconds``), not the span from the first
+    start to the last end, which would count the steps that ran between two of them.
     """
     out = os.environ.get(ENV_TIMINGS_DIR)
     if out:
