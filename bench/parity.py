@@ -23,11 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.camera import camera_condition, look_at  # noqa: E402
-from model.config import get_preset  # noqa: E402
-from model.interop import diffusers_config, diffusers_velocity  # noqa: E402
-from model.network import SanaWM  # noqa: E402
-from tests.model.reference import lift_reference_casts, randomise_zero_parameters  # noqa: E402
+from model.camera import camera_condition, look_at
+from model.config import get_preset
+from model.interop import diffusers_config, diffusers_velocity
+from model.network import SanaWM
+from tests.model.reference import lift_reference_casts, randomise_zero_parameters
 
 
 def _timed_pair(fa, fb, repeats: int) -> tuple[float, float]:

@@ -30,11 +30,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.camera import camera_condition  # noqa: E402
-from model.config import get_preset  # noqa: E402
-from model.network import SanaWM  # noqa: E402
-from model.sampling import Conditioning, sample_chunk_causal  # noqa: E402
-from model.trajectory import default_intrinsics, trajectory_from_actions  # noqa: E402
+from model.camera import camera_condition
+from model.config import get_preset
+from model.network import SanaWM
+from model.sampling import Conditioning, sample_chunk_causal
+from model.trajectory import default_intrinsics, trajectory_from_actions
 
 
 class _MallInfo2(ctypes.Structure):
@@ -56,7 +56,7 @@ class HeapPeak:
         m = self._mallinfo2()
         return int(m.uordblks + m.hblkhd)
 
-    def __enter__(self) -> "HeapPeak":
+    def __enter__(self) -> HeapPeak:
         gc.collect()
         self.base = self.peak = self.in_use()
         self._stop = threading.Event()

@@ -266,7 +266,7 @@ class WorldModelConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "WorldModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> WorldModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         _require(not unknown, f"WorldModelConfig: unknown keys {sorted(unknown)}")
@@ -278,7 +278,7 @@ class WorldModelConfig:
                 kw[key] = _build(typ, kw[key], key)
         return cls(**kw)
 
-    def replace(self, **changes: Any) -> "WorldModelConfig":
+    def replace(self, **changes: Any) -> WorldModelConfig:
         return dataclasses.replace(self, **changes)
 
 

@@ -53,7 +53,7 @@ def _need_dir(path: Path, what: str) -> Path:
 
 def _vae(directory: Path):
     """(VAEConfig, VideoVAE) for a diffusers AutoencoderKLLTX2Video directory."""
-    from model.encoders.vae import _strides, build_vae  # noqa: PLC2701 (same package family)
+    from model.encoders.vae import _strides, build_vae
 
     cfg_path = _need_dir(directory, "VAE") / "config.json"
     if not cfg_path.is_file():

@@ -224,8 +224,7 @@ def load_sana_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         if not isinstance(v, torch.Tensor):
             continue  # training metadata (step counters, configs) that the loader skips
         for p in _PREFIXES:
-            if k.startswith(p):
-                k = k[len(p):]
+            k = k.removeprefix(p)
         if k in _DROPPED:
             continue
         out[k] = v

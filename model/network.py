@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from model.config import ChunkConfig, NetworkConfig
 from model.layers.block import BlockState, HybridBlock

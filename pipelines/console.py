@@ -119,7 +119,6 @@ class _Filter(logging.Filter):
 def quiet_kfp(log_dir: Path, out: TextIO | None = None) -> Iterator[_TaskLogs]:
     """Route ``kfp.local``'s output to ``log_dir/<task>.log`` and print a step table (module docstring)."""
     import subprocess
-
     import warnings
 
     from kfp.local import logging_utils

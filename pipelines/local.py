@@ -183,7 +183,7 @@ def _publish_map(layout: DataLayout) -> dict[str, list[tuple[str, Path]]]:
 class PipelineRunError(RuntimeError):
     """A local run failed; ``result`` holds what ran (timings) for the summary table."""
 
-    def __init__(self, message: str, result: "LocalRunResult") -> None:
+    def __init__(self, message: str, result: LocalRunResult) -> None:
         super().__init__(message)
         self.result = result
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import SEED_MAX, RequestError  # noqa: F401  (re-exported: callers catch RequestError here)
+from serving.errors import SEED_MAX, RequestError
 from serving.request import VideoRequest
 
 MODES = ("streaming", "bidirectional", "few_step")

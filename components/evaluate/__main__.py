@@ -189,8 +189,14 @@ def evaluate(model_dir: Path, heldout: Path, out: Path, num_clips: int, max_fram
     from PIL import Image
 
     from components.evaluate.camera_metrics import plot_camera_report
-    from components.evaluate.report import (contact_sheet, frame_psnr, plot_drift, plot_paths, side_by_side,
-                                            variant_table)
+    from components.evaluate.report import (
+        contact_sheet,
+        frame_psnr,
+        plot_drift,
+        plot_paths,
+        side_by_side,
+        variant_table,
+    )
     from model.pipeline import sampler_mode_of
     from model.quant.bundle import load_bundle
     from model.trajectory import Trajectory, save_trajectory

@@ -32,7 +32,7 @@ import torch
 
 from model.encoders.vae import VideoVAE
 
-__all__ = ["fit_decoder_output", "freeze_carrier_weights", "pca_init", "patchify"]
+__all__ = ["fit_decoder_output", "freeze_carrier_weights", "patchify", "pca_init"]
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -155,7 +155,6 @@ def pca_init(vae: VideoVAE, clips: list[torch.Tensor], *, carrier: float = 1.0, 
     m = vae.vae
     enc, dec = m.encoder, m.decoder
     C, ts, p = vae.cfg.latent_channels, vae.cfg.temporal_stride, vae.cfg.spatial_stride
-    n_blocks = int(math.log2(ts))
     xs = []
     for c in clips:
         n = 1 + ts * ((min(c.shape[1], max_frames) - 1) // ts)

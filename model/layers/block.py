@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from model.config import ChunkConfig, NetworkConfig
 from model.layers.cross_attention import TextCrossAttention

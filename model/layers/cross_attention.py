@@ -9,7 +9,7 @@ softmax over nothing would give.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from model.config import NetworkConfig
 from model.ops.softmax_attention import attention

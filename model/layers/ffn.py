@@ -10,8 +10,8 @@ Hm = mlp_ratio Â· C (3 in the paper). Submodule names (``inverted_conv.conv`` â€
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from model.config import NetworkConfig
 from model.layers.pointwise import ConvShapedLinear

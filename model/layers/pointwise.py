@@ -10,7 +10,7 @@ release's.
 
 from __future__ import annotations
 
-import torch.nn as nn
+from torch import nn
 
 
 class ConvShapedLinear(nn.Linear):

@@ -16,8 +16,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from model.config import ChunkConfig, NetworkConfig
 from model.layers.rope import apply_rope_complex

@@ -14,7 +14,7 @@ Tensors are (B, F, S, C): F latent frames, S tokens per frame, C channels.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 
 def segment_ends(num_frames: int, chunk_lens: list[int] | None, device: torch.device | None = None) -> torch.Tensor:

@@ -74,7 +74,7 @@ class RayTransforms:
     rope: torch.Tensor
 
     @classmethod
-    def build(cls, raymap: torch.Tensor, hw: tuple[int, int], rope: torch.Tensor) -> "RayTransforms":
+    def build(cls, raymap: torch.Tensor, hw: tuple[int, int], rope: torch.Tensor) -> RayTransforms:
         P = world_to_ray_matrices(raymap, hw)
         return cls(P=P, P_inv=rigid_inverse(P), rope=rope)
 

@@ -24,7 +24,7 @@ kernel plugs in through ``SCAN_BACKENDS`` and is tested against the reference.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -59,7 +59,7 @@ class ChunkKVCache:
     sink_chunks: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     recent_chunks: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> "ChunkKVCache":
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> ChunkKVCache:
         sink, recent = list(self.sink_chunks), list(self.recent_chunks)
         if len(sink) < self.sink:
             sink.append((k, v))

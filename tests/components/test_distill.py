@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from components.distill.student import DistillConfig, DMDConfig, conditions_from_dataset, split
 from components.distill.dmd import self_forcing_rollout
 from components.distill.ode_init import collect_ode_pairs
+from components.distill.student import DistillConfig, DMDConfig, conditions_from_dataset, split
 from components.train.data import ClipLatentDataset, synthetic_samples, write_synthetic_shards
 from model.config import get_preset
 from model.pipeline import WorldModelPipeline

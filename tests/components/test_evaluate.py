@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import numpy as np
 
+import numpy as np
 import pytest
 
 

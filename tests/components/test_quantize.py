@@ -8,12 +8,12 @@ import torch
 from components.distill.student import conditions_from_dataset
 from components.quantize.__main__ import main, noisy_batches
 from components.quantize.ptq import quantization_errors
-from model.quant.bundle import QuantSpec, build_quantized, load_quantized, save_quantized_bundle
-from model.quant.hadamard import HadamardLinear, rotation_matrix
-from model.quant.nvfp4 import _nvfp4_fake, enabled_quantizers, quant_config
 from components.train.data import ClipLatentDataset, synthetic_samples
 from model.config import get_preset
 from model.pipeline import WorldModelPipeline
+from model.quant.bundle import QuantSpec, build_quantized, load_quantized, save_quantized_bundle
+from model.quant.hadamard import HadamardLinear, rotation_matrix
+from model.quant.nvfp4 import _nvfp4_fake, enabled_quantizers, quant_config
 
 
 @pytest.fixture(scope="module")

@@ -173,7 +173,6 @@ def test_heldout_split_has_unseen_scenes_and_an_unseen_trajectory_class(tmp_path
 
 def test_holdout_kinds_that_leave_no_training_kind_are_a_clear_error(tmp_path, capsys):
     from components.ingest.__main__ import main as ingest_main
-
     from model.cli import EXIT_INPUT_ERROR, run
 
     assert run(ingest_main, ["--synthetic", "1", "--kinds", "turn", "--holdout-kinds", "turn", "--no-progress",

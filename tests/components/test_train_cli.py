@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from model.config import get_preset
-
 from components.train.__main__ import main
 from components.train.data import write_synthetic_shards
+from model.config import get_preset
 from model.pipeline import WorldModelPipeline
 
 REPO = Path(__file__).resolve().parents[2]

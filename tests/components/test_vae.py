@@ -226,7 +226,6 @@ def test_vae_step_caches_and_train_uses_it(tmp_path, monkeypatch):
 
 def test_train_rejects_a_folder_that_is_not_a_vae(tmp_path, capsys):
     from components.train.__main__ import main as train_main
-
     from model.cli import EXIT_INPUT_ERROR, run
 
     assert run(train_main, ["--shards", str(tmp_path), "--vae", str(tmp_path), "--preset", "tiny", "--steps", "1",

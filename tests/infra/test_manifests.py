@@ -82,7 +82,7 @@ def test_long_running_containers_have_startup_liveness_and_readiness_probes(rend
 
 def test_no_secret_values_only_secret_references(rendered):
     assert not [d for d in rendered if d["kind"] == "Secret"]
-    sensitive = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|TOKEN|_USER$", re.I)
+    sensitive = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|TOKEN|_USER$", re.IGNORECASE)
     for obj, pod in _pods(rendered):
         for c in pod.get("initContainers", []) + pod["containers"]:
             for env in c.get("env", []):
@@ -94,7 +94,7 @@ def test_no_secret_values_only_secret_references(rendered):
 
 
 def test_triton_binds_all_interfaces_with_metrics_gpu_and_model_control(rendered):
-    from serving.server import TritonServer, TritonDist, build_parser
+    from serving.server import TritonDist, TritonServer, build_parser
 
     dep = _get(rendered, "Deployment", "triton")
     pod = dep["spec"]["template"]["spec"]
@@ -158,7 +158,7 @@ def test_images_run_unprivileged_and_the_build_has_no_hard_coded_mirror():
     for f in (INFRA / "images").glob("Containerfile.*"):
         text = f.read_text()
         if f.name != "Containerfile.base":
-            assert re.search(r"^USER 10001", text, re.M), f.name
+            assert re.search(r"^USER 10001", text, re.MULTILINE), f.name
     script = (INFRA / "build_image.sh").read_text()
     assert "DEBIAN_MIRROR:?" in script and "deb.debian.org" not in script
     assert "torchrun" in (INFRA / "images" / "Containerfile.train").read_text()

@@ -3,7 +3,9 @@
 Run from the repo root: ``.venv/bin/python tests/model/run_mutants.py``. It patches one source line at a
 time, runs the model tests, prints which test caught it and restores the file.
 """
-import subprocess, pathlib, sys
+import pathlib
+import subprocess
+
 M = [
  ("key scale 0", "model/layers/self_attention.py", "scale = (self.Dh * S) ** -0.5", "scale = 0.0 * (self.Dh * S) ** -0.5"),
  ("chunk-causal without in-chunk reverse scan", "model/ops/gdn.py", "    for start, stop in segment_bounds(F, mode, chunk_lens):", "    for start, stop in ([] if mode == 'chunk_causal' else segment_bounds(F, mode, chunk_lens)):"),

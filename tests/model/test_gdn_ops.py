@@ -11,7 +11,7 @@ TOL = dict(atol=1e-10, rtol=1e-9)  # float64: the two differ only by summation o
 
 def _inputs(B=2, H=3, F=7, S=5, D=8, E=6, seed=0):
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
     k = torch.relu(r(B, H, F, S, D))
     k = k / (k.norm(dim=-1, keepdim=True) * S ** 0.5 + 1e-9)  # spectral bound as in the layer
     return dict(q=r(B, H, F, S, D), k=k, v=r(B, H, F, S, E),

@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from model.interop import diffusers_velocity, load_diffusers_transformer, load_sana_checkpoint, \
-    save_diffusers_transformer
+from model.interop import (
+    diffusers_velocity,
+    load_diffusers_transformer,
+    load_sana_checkpoint,
+    save_diffusers_transformer,
+)
 from model.pipeline import WorldModelPipeline
 from model.trajectory import default_intrinsics, trajectory_from_actions
 from tests.model.release_fixtures import write_diffusers_pipeline_dir, write_streaming_release_dir

@@ -5,8 +5,8 @@ import torch
 
 from model.config import NetworkConfig, get_preset
 from model.layers.rope import camera_rope, rope_3d
-from model.layers.ucpe import RayTransforms
 from model.layers.self_attention import GDNMixer, SoftmaxMixer
+from model.layers.ucpe import RayTransforms
 from model.network import SanaWM
 from tests.model.conftest import make_inputs
 

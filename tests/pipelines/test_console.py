@@ -10,7 +10,8 @@ from pipelines.console import quiet_kfp
 
 
 def test_task_output_goes_to_its_log_and_the_table_gets_one_row(tmp_path):
-    from kfp.local import logging_utils, subprocess_task_handler as sth
+    from kfp.local import logging_utils
+    from kfp.local import subprocess_task_handler as sth
 
     original = sth.run_local_subprocess
     out = io.StringIO()
