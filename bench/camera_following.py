@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.num_clips < 1:
         print(f"error: --num-clips must be >= 1, got {a.num_clips}", file=sys.stderr)
         return 2
+    if a.reuse is not None and not a.reuse.is_file():
+        print(f"error: --reuse {str(a.reuse)!r} is not a result file of this bench", file=sys.stderr)
+        return 2
     from components.evaluate.__main__ import fit_to_model, load_held_out
     from model import atomic
     from model.quant.bundle import load_bundle
