@@ -60,15 +60,39 @@ SPEEDS = ("slow", "fast")
 
 
 
-def _ours_scale_free(frames_in, fps_in, tmp: Path, mapper: str, workers: int = 2):
+def config_overrides(pairs: list[str]) -> dict:
+    """``["colmap_keyframe_step=6", ...]`` -> {field: value} for PoseEstimatorConfig, each value cast to the
+    field's default's type; an unknown field or a value that does not parse is refused by name."""
+    import dataclasses
+
+    from components.annotate.poses import PoseEstimatorConfig
+
+    fields = {f.name: f for f in dataclasses.fields(PoseEstimatorConfig)}
+    out = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or name not in fields:
+            raise SystemExit(f"--set {pair!r}: expected NAME=VALUE with NAME a PoseEstimatorConfig field "
+                             f"(e.g. colmap_keyframe_step=6)")
+        default = getattr(PoseEstimatorConfig(), name)
+        try:
+            out[name] = (text.lower() in ("1", "true", "yes") if isinstance(default, bool)
+                         else type(default)(text) if isinstance(default, (int, float, str)) else json.loads(text))
+        except ValueError as e:
+            raise SystemExit(f"--set {pair!r}: {text!r} is not a {type(default).__name__}: {e}") from e
+    return out
+
+
+def _ours_scale_free(frames_in, fps_in, tmp: Path, mapper: str, workers: int = 2, overrides: dict | None = None):
     """H.264 round trip of frames (N,H,W,3) uint8 (what a user's footage has been through), then our
     scale-free, intrinsics-free estimate, timed. Returns (frames, fps, PoseResult, seconds)."""
     from components.annotate.poses import PoseEstimatorConfig
 
     write_video(frames_in, tmp / "clip.mp4", fps_in)
     frames, fps = read_video(tmp / "clip.mp4")
+    cfg = PoseEstimatorConfig(**{"colmap_mapper": mapper, "focal_split_workers": workers, **(overrides or {})})
     t0 = time.perf_counter()
-    res = estimate_poses(frames, fps, None, scale_free=True, config=PoseEstimatorConfig(colmap_mapper=mapper, focal_split_workers=workers))
+    res = estimate_poses(frames, fps, None, scale_free=True, config=cfg)
     return frames, fps, res, time.perf_counter() - t0
 
 def run_pycolmap(frames: np.ndarray, K: np.ndarray | None, workdir: Path, init_min_tri_angle_deg: float = 4.0,
@@ -174,7 +198,8 @@ def _rows_real_footage(args) -> list[dict]:
             frames_in = clip.frames if cond == "clean" else degrade(clip.frames, args.seed + ki)
             f_true = float(clip.intrinsics[0, 0, 0])
             with tempfile.TemporaryDirectory() as td:
-                frames, _fps, res, t_ours = _ours_scale_free(frames_in, clip.fps, Path(td), args.mapper, args.workers)
+                frames, _fps, res, t_ours = _ours_scale_free(frames_in, clip.fps, Path(td), args.mapper, args.workers,
+                                                                config_overrides(args.set))
                 f_ours = float(res.intrinsics[0, 0, 0])
                 row = {"kind": kind, "condition": cond, "speed": args.speed, "fov_deg": args.fov,
                        "ours": {**score(res.c2w, res.registered, clip.c2w, metric=False),
@@ -384,8 +409,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="real-footage mode: our pycolmap mapper")
     p.add_argument("--workers", type=int, default=2,
                    help="real-footage / scaling mode: our focal check's worker processes (pycolmap gets 2 threads)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="real-footage mode: override a PoseEstimatorConfig field for ours (repeatable), "
+                        "e.g. --set colmap_keyframe_step=6")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "annotate.json"))
     args = p.parse_args(argv)
+    config_overrides(args.set)  # refuse a bad --set before any clip is rendered
     real = args.mode in ("real-footage", "scaling")
     args.kinds = args.kinds or (["walk_forward", "pure_yaw"] if args.mode == "scaling"
                                 else ["walk_forward", "orbit", "pure_yaw", "strafe", "turn", "mixed"])

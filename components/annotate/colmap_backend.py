@@ -20,10 +20,9 @@ import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 import numpy as np
 
@@ -32,7 +31,8 @@ from components.annotate.tracks import Tracks, drop_tracks
 if TYPE_CHECKING:
     from components.annotate.poses import PoseEstimatorConfig
 
-__all__ = ["MapResult", "drop_outlier_points", "map_tracks", "pair_offsets", "seeded", "split_focal_check"]
+__all__ = ["MapResult", "SplitFocalCheck", "drop_outlier_points", "map_tracks", "pair_offsets", "seeded",
+           "split_focal_check"]
 
 
 def _pycolmap():
@@ -178,33 +178,130 @@ def split_focal_check(tracks: Tracks, frames_idx: np.ndarray, height: int, width
     (per-group map stats and seconds; measured on the clean walk before the coarse group profile: 4 maps of 1.4-1.7 s, 6.3 s one after another, 4.8 s
     in 2 workers: each worker process re-imports the caller's main module first, about 1 s).
     """
-    g_count = cfg.focal_split_groups
-    fidx = np.asarray(frames_idx)
-    rng = np.random.default_rng(cfg.random_seed)  # the partitions are part of the result: repeatable
-    # Every partition is drawn first, in order, so the groups can be mapped in any order (or process): each
-    # map reseeds pycolmap's generators itself, so a group's result does not depend on who maps it.
-    labels = [rng.permutation(tracks.num_tracks) % g_count for _ in range(cfg.focal_split_repeats)]
-    jobs = [(drop_tracks(tracks, label != g), fidx, height, width, cfg) for label in labels for g in range(g_count)]
-    workers = min(cfg.focal_split_workers, len(jobs))
-    if workers <= 1:
-        outs = [_map_group(j) for j in jobs]
-    else:
-        # forkserver, as in the batch step: forking a process whose OpenMP / OpenCV threads already ran can hang.
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__, "pycolmap"])  # workers fork with pycolmap loaded (~0.3 s each)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            outs = list(pool.map(_map_group, jobs))
-    focals, groups, var = [], [], []
-    for r in range(cfg.focal_split_repeats):
-        split = [o["focal_px"] for o in outs[r * g_count:(r + 1) * g_count]]
-        groups.extend({k: v for k, v in o.items() if k != "focal_px"} for o in outs[r * g_count:(r + 1) * g_count])
-        lf = np.log(np.asarray(split))
-        var.append(float(np.var(lf, ddof=1) / g_count) if np.isfinite(lf).all() else float("inf"))
-        focals.append(split)
-    bias = float(np.mean(np.log(np.asarray(focals))) - np.log(focal_px))  # NaN when a group failed (sigma inf)
-    sigma = float(np.sqrt(np.mean(var) + bias**2)) if np.isfinite(np.mean(var)) else float("inf")
-    return {"focal_split_px": focals, "focal_split_bias_rel": bias, "focal_split_sigma_rel": sigma,
-            "focal_split_groups": groups}
+    with SplitFocalCheck(tracks, frames_idx, height, width, cfg) as check:
+        return check.result(focal_px)
+
+
+class SplitFocalCheck:
+    """`split_focal_check` in two halves, so its group maps can run while the all-track map is being made.
+
+    The R x G group maps do not depend on the all-track map (only the bias term at the end reads its focal).
+    With ``cfg.focal_split_workers`` = W > 1, W - 1 worker processes start mapping groups on construction, and
+    the caller maps all tracks in its own process meanwhile: on 2 cores the all-track map (one COLMAP thread)
+    left the second core idle, and the groups waited for it. ``result(focal_px)`` then maps groups in the
+    caller's process too until none is left (each process claims the next unmapped group from a shared
+    counter), and collects the rest. ``close()`` (or leaving the ``with`` block) ends the workers, finished or
+    not: a shot whose all-track focal fails its profile never needs its groups.
+    Results are the same for any W: every partition is drawn on construction, in order, and each map reseeds
+    pycolmap's generators itself.
+    """
+
+    def __init__(self, tracks: Tracks, frames_idx: np.ndarray, height: int, width: int, cfg: PoseEstimatorConfig):
+        self.cfg = cfg
+        g_count = cfg.focal_split_groups
+        fidx = np.asarray(frames_idx)
+        rng = np.random.default_rng(cfg.random_seed)  # the partitions are part of the result: repeatable
+        labels = [rng.permutation(tracks.num_tracks) % g_count for _ in range(cfg.focal_split_repeats)]
+        self._jobs = [(drop_tracks(tracks, label != g), fidx, height, width, cfg)
+                      for label in labels for g in range(g_count)]
+        self._procs: list = []
+        self._next, self._results, self._job_queue = None, None, None
+        workers = min(cfg.focal_split_workers, len(self._jobs)) - 1  # the caller is one of the mappers
+        if workers > 0:
+            # forkserver, as in the batch step: forking a process whose OpenMP / OpenCV threads already ran can hang.
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload([__name__, "pycolmap"])  # workers fork with pycolmap loaded (~0.3 s each)
+            self._next, self._results = ctx.Value("i", 0), ctx.SimpleQueue()
+            # The jobs go by a queue, not as Process arguments: those are written to the forkserver's pipe,
+            # which a child reads only after importing the caller's main module (measured: start() blocked
+            # 1.9 s on 165 kB of tracks); a Queue's feeder thread writes them while the caller goes on.
+            # Held on self until close(): a child rebuilds the queue's and the counter's semaphores by name
+            # when it starts, and they are unlinked when the caller's objects are collected (a local queue
+            # here: the worker died on FileNotFoundError and result() waited for it).
+            self._job_queue = ctx.Queue()
+            self._job_queue.cancel_join_thread()  # a worker killed before reading must not hold up the caller's exit
+            self._procs = [ctx.Process(target=_group_worker, args=(self._job_queue, self._next, self._results),
+                                       daemon=True) for _ in range(workers)]
+            for proc in self._procs:
+                proc.start()
+                self._job_queue.put(self._jobs)
+
+    def result(self, focal_px: float) -> dict:
+        """The check's figures for the all-track focal ``focal_px`` (see `split_focal_check`); closes the workers."""
+        cfg, g_count = self.cfg, self.cfg.focal_split_groups
+        try:
+            if self._procs:
+                mapped = _claim_and_map(self._jobs, self._next)
+                for got in self._worker_results():  # every worker sends its groups once the counter has run out
+                    if isinstance(got, BaseException):
+                        raise RuntimeError("a focal split-check worker failed") from got  # noqa: TRY004
+                    mapped.update(got)
+                outs = [mapped[k] for k in range(len(self._jobs))]
+            else:
+                outs = [_map_group(j) for j in self._jobs]
+        finally:
+            self.close()
+        focals, groups, var = [], [], []
+        for r in range(cfg.focal_split_repeats):
+            split = [o["focal_px"] for o in outs[r * g_count:(r + 1) * g_count]]
+            groups.extend({k: v for k, v in o.items() if k != "focal_px"} for o in outs[r * g_count:(r + 1) * g_count])
+            lf = np.log(np.asarray(split))
+            var.append(float(np.var(lf, ddof=1) / g_count) if np.isfinite(lf).all() else float("inf"))
+            focals.append(split)
+        bias = float(np.mean(np.log(np.asarray(focals))) - np.log(focal_px))  # NaN when a group failed (sigma inf)
+        sigma = float(np.sqrt(np.mean(var) + bias**2)) if np.isfinite(np.mean(var)) else float("inf")
+        return {"focal_split_px": focals, "focal_split_bias_rel": bias, "focal_split_sigma_rel": sigma,
+                "focal_split_groups": groups}
+
+    def _worker_results(self) -> list:
+        """One message per worker: its {job index: group result}, or the exception it raised. A worker that
+        exits without one (killed, or dead before it could start) is an error, not a wait without end."""
+        got: list = []
+        while len(got) < len(self._procs):
+            if not self._results.empty():
+                got.append(self._results.get())
+            elif not any(p.is_alive() for p in self._procs) and self._results.empty():
+                codes = [p.exitcode for p in self._procs]
+                raise RuntimeError(f"focal split-check workers exited (codes {codes}) with {len(self._procs) - len(got)} "
+                                   "result(s) missing")
+            else:
+                time.sleep(0.01)
+        return got
+
+    def close(self) -> None:
+        """End the worker processes (idempotent); maps still running are abandoned."""
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.kill()  # SIGKILL: pycolmap (glog) answers SIGTERM with a stack trace on stderr
+            proc.join()
+        self._procs = []
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _claim_and_map(jobs: list[tuple], next_job) -> dict[int, dict]:
+    """Map groups, each claimed from the shared counter ``next_job``, until none is left; {job index: result}."""
+    out = {}
+    while True:
+        with next_job.get_lock():
+            k = next_job.value
+            next_job.value = k + 1
+        if k >= len(jobs):
+            return out
+        out[k] = _map_group(jobs[k])
+
+
+def _group_worker(jobs, next_job, results) -> None:
+    """A `SplitFocalCheck` worker process: the job list from the queue ``jobs``, then its share of the groups
+    (or its exception) onto ``results``."""
+    try:
+        results.put(_claim_and_map(jobs.get(), next_job))
+    except BaseException as e:  # noqa: BLE001 - sent to the caller, which raises it
+        results.put(e)
 
 
 def _map_group(job: tuple) -> dict:

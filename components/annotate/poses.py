@@ -164,10 +164,11 @@ class PoseEstimatorConfig:
     # group focals as at focal_profile_step, half the bundle adjustments. The all-track map keeps the fine step
     # (at 0.08 a clean strafe's profile no longer pinned its focal and the shot fell back to the default FOV).
     focal_split_profile_step: float = 0.08
-    # Processes that map those groups side by side (forkserver workers; the result does not depend on the
-    # count). 1 here, because worker processes need the caller's `if __name__ == "__main__":` guard (as any
-    # process pool does); the CLIs and the bench have it and pass their cores (--workers). The batch step,
-    # which already runs clips in parallel, uses 1 in its workers.
+    # Processes that map those groups side by side, the caller's included (W - 1 forkserver workers, started
+    # before the all-track map so they use the core it leaves idle: colmap_backend.SplitFocalCheck; the result
+    # does not depend on the count). 1 here, because worker processes need the caller's
+    # `if __name__ == "__main__":` guard (as any process pool does); the CLIs and the bench have it and pass
+    # their cores (--workers). The batch step, which already runs clips in parallel, uses 1 in its workers.
     focal_split_workers: int = 1
 
     def __post_init__(self) -> None:

@@ -21,6 +21,7 @@ Each shot's poses are relative to its own first frame (a cut has no camera motio
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -29,7 +30,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
 from components.annotate.calibration import fit_rotation_model
-from components.annotate.colmap_backend import map_tracks, split_focal_check
+from components.annotate.colmap_backend import SplitFocalCheck, map_tracks
 from components.annotate.geometry import default_intrinsics
 from components.annotate.tracks import drop_tracks, inconsistent_tracks, track_clip
 
@@ -86,145 +87,155 @@ def scale_free_poses(gray: np.ndarray, K_given: np.ndarray | None, cfg: PoseEsti
     reg = np.zeros(n, bool)
     reasons = [""] * n
     shots, rmses = [], []
-    for a, b in itertools.pairwise(bounds):
-        idx = np.arange(a, b)
-        Kg = None if K_given is None else K_given[a]
-        K_def = default_intrinsics(h, w, cfg.default_hfov_deg)
-        K_def[:2, 2] -= 0.5
-        if len(idx) < 2:
-            K[idx] = K_def if Kg is None else Kg
-            reasons[a] = "shot of a single frame: no motion to measure"
-            shots.append({"start": a, "frames": 1, "model": "none", "focal_source": "default_fov", "focal_sigma_rel": None})
-            continue
-        info = {"start": a, "frames": len(idx)}
-        shot_tracks = tracks
-        if cfg.reject_dynamic_tracks:
-            # Moving objects first: their tracks would otherwise be calibrated and mapped as parallax.
-            rejected, info["dynamic_tracks"] = inconsistent_tracks(tracks, idx, h, w, cfg)
-            if rejected.any():
-                shot_tracks = drop_tracks(tracks, rejected)
-        rot = fit_rotation_model(shot_tracks, idx, h, w, Kg, cfg)
-        p90 = float(np.percentile(rot.median_residual_px, 90)) if len(rot.median_residual_px) else float("inf")
-        info["rotation_residual_p90_px"] = p90
-        model = "rotation" if p90 < cfg.rotation_max_residual_px else "sfm"
-        mp = None
-        if model == "sfm":
-            # COLMAP starts from its own default (1.2 max(H,W)): the rotation fit's focal is biased under
-            # translation (measured +365 % focal error on a strafe when used as the start).
-            f_init = None
-            mp = map_tracks(shot_tracks, idx, h, w, f_init, cfg, fixed_K=Kg)
-            if mp.registered.sum() < max(3, cfg.min_registered_fraction * len(idx)) and cfg.colmap_mapper == "incremental":
-                # Incremental SfM splits slow, low-parallax shots into fragments; the global mapper (rotation
-                # averaging, then positions) holds them together. Measured: 5/11 -> 11/11 keyframes.
-                mp = map_tracks(shot_tracks, idx, h, w, f_init, replace(cfg, colmap_mapper="global"), fixed_K=Kg)
-            info["sfm"] = {k: v for k, v in mp.stats.items()}
-            rot_med = float(np.median(rot.median_residual_px))
-            if (p90 < cfg.rotation_fallback_max_residual_px
-                    and rot_med <= cfg.rotation_vs_sfm_ratio * mp.reprojection_rmse_px):
-                # Model selection: SfM "succeeds" on pure rotation too (fitting noise as baseline); when the
-                # 3-DoF-per-frame rotation model explains the tracks about as well as the full reconstruction,
-                # the simpler model is the right one (no parallax = no observable translation).
-                model = "rotation"
-            if mp.registered.sum() < max(3, cfg.min_registered_fraction * len(idx)):
-                # SfM found no usable baseline. Where the rotation model still explains the tracks to within
-                # noise-level residuals, that IS the answer (no parallax = translation not observable);
-                # otherwise keep the rotations but flag every frame.
-                model = "rotation" if p90 < cfg.rotation_fallback_max_residual_px else "rotation_fallback"
-        focal_trusted = True
-        untrusted_poses = False  # the poses come from the map made with the untrusted focal
-        if model == "sfm" and Kg is None:
-            f_sfm, sig_sfm = float(mp.K[0, 0]), float(mp.stats.get("focal_sigma_rel", float("inf")))
-            fov = float(np.degrees(2 * np.arctan(0.5 * w / f_sfm))) if f_sfm > 0 else 0.0
-            if cfg.focal_split_groups and sig_sfm <= cfg.focal_max_sigma_rel and 10.0 <= fov <= 170.0:
-                # The profile's sigma assumes independent residuals; a sharp profile can sit in the wrong one of
-                # two basins, or be biased (see split_focal_check). Re-map disjoint track groups and trust the
-                # larger sigma.
-                chk = split_focal_check(shot_tracks, idx, h, w, f_sfm, cfg)
-                info["focal_checks"] = {"profile_sigma_rel": sig_sfm, **chk}
-                sig_sfm = max(sig_sfm, chk["focal_split_sigma_rel"])
-                mp.stats["focal_sigma_rel"] = sig_sfm
-            # A sigma that survived the split test measures the model, not the noise alone, so it may be wider
-            # and still beat the default FOV (measured: a clean strafe's halves 322-377 px around a -1.9 %
-            # estimate, sigma 7 %, where the default sat 19 % off); one that only the profile gave may not.
-            max_sig = cfg.focal_max_split_sigma_rel if "focal_checks" in info else cfg.focal_max_sigma_rel
-            if not (sig_sfm <= max_sig and 10.0 <= fov <= 170.0):
-                # A focal the data does not pin down (hard footage: measured +190 % to +7000 %) would be
-                # reported as if measured and bend every pose with it. Say so, and pose the shot with the
-                # flagged default FOV held fixed instead: a known ~15 % error beats an unbounded one.
-                mp_d = map_tracks(shot_tracks, idx, h, w, None, cfg, fixed_K=K_def)
-                split = info.get("focal_checks", {}).get("focal_split_px")
-                split = (f", track groups mapped to {'; '.join(', '.join(f'{x:.1f}' for x in sp) for sp in split)} px"
-                         if split else "")
-                info["focal_fallback"] = (f"SfM focal {f_sfm:.1f} px (relative sigma {sig_sfm:.3g}, HFOV {fov:.1f} "
-                                          f"deg{split}) not trusted: re-mapped with the default "
-                                          f"{cfg.default_hfov_deg:g} deg HFOV held fixed")
-                info["sfm_untrusted"] = {**mp.stats, "focal_px": f_sfm}
-                n_d = mp_d.registered.sum()
-                # Untrusted by the split test alone (a plausible focal whose profile passed), the SfM map keeps
-                # the poses when the default-FOV map registers fewer frames (measured: a thin 192x120 clip with a
-                # moving block, 30/30 -> 18/30); a focal that failed the profile keeps the old rule.
-                # Only a real loss counts: a hard mixed clip's default-FOV map registered 35 frames against the
-                # untrusted map's 36, whose focal was 63 % off (rotation error 16.2 deg; the default-FOV map's 6.0).
-                if n_d >= max(3, cfg.min_registered_fraction * len(idx)) and not (
-                        "focal_checks" in info and n_d < cfg.focal_fallback_min_kept * mp.registered.sum()):
-                    mp = mp_d
-                else:
-                    info["focal_fallback"] += (f"; that map registered {n_d} frames, the untrusted one "
-                                               f"{mp.registered.sum()}: poses and focal are from the untrusted map")
-                    untrusted_poses = True
-                focal_trusted = False
-        if model != "sfm" and Kg is None and np.isfinite(rot.focal_sigma_rel):
-            f_rot, sig_rot = float(rot.K[0, 0]), rot.focal_sigma_rel
-            fov = float(np.degrees(2 * np.arctan(0.5 * w / f_rot)))
-            if not (sig_rot <= cfg.focal_max_sigma_rel and 10.0 <= fov <= 170.0):
-                # The same trust test as SfM's: a hard turn's rotation fit gave +433 % (sigma 8 %) and posed
-                # the clip with it. Re-fit the rotations with the flagged default FOV instead.
-                info["focal_fallback"] = (f"rotation-model focal {f_rot:.1f} px (relative sigma {sig_rot:.3g}, HFOV "
-                                          f"{fov:.1f} deg) not trusted: rotations re-fit with the default "
-                                          f"{cfg.default_hfov_deg:g} deg HFOV held fixed")
-                rot = replace(fit_rotation_model(shot_tracks, idx, h, w, K_def, cfg), focal_sigma_rel=float("inf"))
-        if model == "sfm":
-            seg_reg = mp.registered
-            first = int(np.flatnonzero(seg_reg)[0])
-            w2c = np.tile(np.eye(4), (len(idx), 1, 1))
-            w2c[seg_reg, :3, :3] = mp.w2c_R[seg_reg]
-            w2c[seg_reg, :3, 3] = mp.w2c_t[seg_reg]
-            seg = np.linalg.inv(w2c)
-            seg = np.linalg.inv(seg[first]) @ seg
-            depth = mp.stats.get("median_depth", float("nan"))
-            if np.isfinite(depth) and depth > 0:
-                seg[:, :3, 3] /= depth  # scale-free unit: median scene depth of the first keyframe
-            K_seg, sigma = mp.K, float(mp.stats.get("focal_sigma_rel", float("inf")))
-            if not focal_trusted and not untrusted_poses:
-                K_seg, sigma = K_def, float("inf")
-            # Poses kept from the untrusted map keep its focal too: a pose is only right with the K it was
-            # solved with (the default K beside them would be a second, silent error). Its confidence says
-            # it is untrusted (sigma above focal_max_sigma_rel).
-            why = ("absolute pose not solved: no registered keyframe beside it, too few tracks on mapped points, or "
-                   "a turn from its keyframe too fast to be real")
-            rmses.append(mp.reprojection_rmse_px)
-        else:
-            seg_reg = rot.registered
-            seg = np.tile(np.eye(4), (len(idx), 1, 1))
-            seg[:, :3, :3] = np.transpose(rot.w2c_R, (0, 2, 1))
-            K_seg, sigma = rot.K, rot.focal_sigma_rel
-            why = "rotation-only: too few shared tracks with its anchor frame"
-            if model == "rotation_fallback":
-                seg_reg = np.zeros(len(idx), bool)  # rotations only, no solved position: flagged
-                why = "SfM registered too few frames; rotation-only pose, position held"
-            if len(rot.median_residual_px):
-                rmses.append(float(np.median(rot.median_residual_px)))
-        source = "given" if Kg is not None else f"self_calibrated_{'sfm' if model == 'sfm' else 'rotation'}"
-        if Kg is None and not np.isfinite(sigma) and (model != "sfm" or not (focal_trusted or untrusted_poses)):
-            K_seg, source = K_def, "default_fov"  # focal not observable (static or featureless shot)
-        c2w[idx] = _fill(seg, seg_reg)
-        K[idx] = K_seg
-        reg[idx] = seg_reg
-        for k in np.flatnonzero(~seg_reg):
-            reasons[a + k] = why
-        info.update(model=model, focal_px=float(K_seg[0, 0]), focal_source=source, focal_trusted=focal_trusted,
-                    focal_sigma_rel=sigma if np.isfinite(sigma) else None,
-                    focal_confidence=1.0 if Kg is not None else focal_confidence(sigma))
-        shots.append(info)
+    # Group maps started early (SplitFocalCheck) end with the block, even when a shot raises.
+    with contextlib.ExitStack() as stack:
+        for a, b in itertools.pairwise(bounds):
+            idx = np.arange(a, b)
+            Kg = None if K_given is None else K_given[a]
+            K_def = default_intrinsics(h, w, cfg.default_hfov_deg)
+            K_def[:2, 2] -= 0.5
+            if len(idx) < 2:
+                K[idx] = K_def if Kg is None else Kg
+                reasons[a] = "shot of a single frame: no motion to measure"
+                shots.append({"start": a, "frames": 1, "model": "none", "focal_source": "default_fov", "focal_sigma_rel": None})
+                continue
+            info = {"start": a, "frames": len(idx)}
+            shot_tracks = tracks
+            if cfg.reject_dynamic_tracks:
+                # Moving objects first: their tracks would otherwise be calibrated and mapped as parallax.
+                rejected, info["dynamic_tracks"] = inconsistent_tracks(tracks, idx, h, w, cfg)
+                if rejected.any():
+                    shot_tracks = drop_tracks(tracks, rejected)
+            rot = fit_rotation_model(shot_tracks, idx, h, w, Kg, cfg)
+            p90 = float(np.percentile(rot.median_residual_px, 90)) if len(rot.median_residual_px) else float("inf")
+            info["rotation_residual_p90_px"] = p90
+            model = "rotation" if p90 < cfg.rotation_max_residual_px else "sfm"
+            mp = None
+            early = None
+            if model == "sfm" and Kg is None and cfg.focal_split_groups and cfg.focal_split_workers > 1:
+                # The split test's group maps do not need the all-track map: they start in the workers now and
+                # run beside it (measured on the bench's clean clips: see SplitFocalCheck). Wasted where the
+                # all-track focal then fails its profile; close() below ends them.
+                early = stack.enter_context(SplitFocalCheck(shot_tracks, idx, h, w, cfg))
+            if model == "sfm":
+                # COLMAP starts from its own default (1.2 max(H,W)): the rotation fit's focal is biased under
+                # translation (measured +365 % focal error on a strafe when used as the start).
+                f_init = None
+                mp = map_tracks(shot_tracks, idx, h, w, f_init, cfg, fixed_K=Kg)
+                if mp.registered.sum() < max(3, cfg.min_registered_fraction * len(idx)) and cfg.colmap_mapper == "incremental":
+                    # Incremental SfM splits slow, low-parallax shots into fragments; the global mapper (rotation
+                    # averaging, then positions) holds them together. Measured: 5/11 -> 11/11 keyframes.
+                    mp = map_tracks(shot_tracks, idx, h, w, f_init, replace(cfg, colmap_mapper="global"), fixed_K=Kg)
+                info["sfm"] = {k: v for k, v in mp.stats.items()}
+                rot_med = float(np.median(rot.median_residual_px))
+                if (p90 < cfg.rotation_fallback_max_residual_px
+                        and rot_med <= cfg.rotation_vs_sfm_ratio * mp.reprojection_rmse_px):
+                    # Model selection: SfM "succeeds" on pure rotation too (fitting noise as baseline); when the
+                    # 3-DoF-per-frame rotation model explains the tracks about as well as the full reconstruction,
+                    # the simpler model is the right one (no parallax = no observable translation).
+                    model = "rotation"
+                if mp.registered.sum() < max(3, cfg.min_registered_fraction * len(idx)):
+                    # SfM found no usable baseline. Where the rotation model still explains the tracks to within
+                    # noise-level residuals, that IS the answer (no parallax = translation not observable);
+                    # otherwise keep the rotations but flag every frame.
+                    model = "rotation" if p90 < cfg.rotation_fallback_max_residual_px else "rotation_fallback"
+            focal_trusted = True
+            untrusted_poses = False  # the poses come from the map made with the untrusted focal
+            if model == "sfm" and Kg is None:
+                f_sfm, sig_sfm = float(mp.K[0, 0]), float(mp.stats.get("focal_sigma_rel", float("inf")))
+                fov = float(np.degrees(2 * np.arctan(0.5 * w / f_sfm))) if f_sfm > 0 else 0.0
+                if cfg.focal_split_groups and sig_sfm <= cfg.focal_max_sigma_rel and 10.0 <= fov <= 170.0:
+                    # The profile's sigma assumes independent residuals; a sharp profile can sit in the wrong one of
+                    # two basins, or be biased (see split_focal_check). Re-map disjoint track groups and trust the
+                    # larger sigma.
+                    chk = (early if early is not None else SplitFocalCheck(shot_tracks, idx, h, w, cfg)).result(f_sfm)
+                    info["focal_checks"] = {"profile_sigma_rel": sig_sfm, **chk}
+                    sig_sfm = max(sig_sfm, chk["focal_split_sigma_rel"])
+                    mp.stats["focal_sigma_rel"] = sig_sfm
+                # A sigma that survived the split test measures the model, not the noise alone, so it may be wider
+                # and still beat the default FOV (measured: a clean strafe's halves 322-377 px around a -1.9 %
+                # estimate, sigma 7 %, where the default sat 19 % off); one that only the profile gave may not.
+                max_sig = cfg.focal_max_split_sigma_rel if "focal_checks" in info else cfg.focal_max_sigma_rel
+                if not (sig_sfm <= max_sig and 10.0 <= fov <= 170.0):
+                    # A focal the data does not pin down (hard footage: measured +190 % to +7000 %) would be
+                    # reported as if measured and bend every pose with it. Say so, and pose the shot with the
+                    # flagged default FOV held fixed instead: a known ~15 % error beats an unbounded one.
+                    mp_d = map_tracks(shot_tracks, idx, h, w, None, cfg, fixed_K=K_def)
+                    split = info.get("focal_checks", {}).get("focal_split_px")
+                    split = (f", track groups mapped to {'; '.join(', '.join(f'{x:.1f}' for x in sp) for sp in split)} px"
+                             if split else "")
+                    info["focal_fallback"] = (f"SfM focal {f_sfm:.1f} px (relative sigma {sig_sfm:.3g}, HFOV {fov:.1f} "
+                                              f"deg{split}) not trusted: re-mapped with the default "
+                                              f"{cfg.default_hfov_deg:g} deg HFOV held fixed")
+                    info["sfm_untrusted"] = {**mp.stats, "focal_px": f_sfm}
+                    n_d = mp_d.registered.sum()
+                    # Untrusted by the split test alone (a plausible focal whose profile passed), the SfM map keeps
+                    # the poses when the default-FOV map registers fewer frames (measured: a thin 192x120 clip with a
+                    # moving block, 30/30 -> 18/30); a focal that failed the profile keeps the old rule.
+                    # Only a real loss counts: a hard mixed clip's default-FOV map registered 35 frames against the
+                    # untrusted map's 36, whose focal was 63 % off (rotation error 16.2 deg; the default-FOV map's 6.0).
+                    if n_d >= max(3, cfg.min_registered_fraction * len(idx)) and not (
+                            "focal_checks" in info and n_d < cfg.focal_fallback_min_kept * mp.registered.sum()):
+                        mp = mp_d
+                    else:
+                        info["focal_fallback"] += (f"; that map registered {n_d} frames, the untrusted one "
+                                                   f"{mp.registered.sum()}: poses and focal are from the untrusted map")
+                        untrusted_poses = True
+                    focal_trusted = False
+            if early is not None:
+                early.close()  # not needed (or already collected): free the cores for the next shot
+            if model != "sfm" and Kg is None and np.isfinite(rot.focal_sigma_rel):
+                f_rot, sig_rot = float(rot.K[0, 0]), rot.focal_sigma_rel
+                fov = float(np.degrees(2 * np.arctan(0.5 * w / f_rot)))
+                if not (sig_rot <= cfg.focal_max_sigma_rel and 10.0 <= fov <= 170.0):
+                    # The same trust test as SfM's: a hard turn's rotation fit gave +433 % (sigma 8 %) and posed
+                    # the clip with it. Re-fit the rotations with the flagged default FOV instead.
+                    info["focal_fallback"] = (f"rotation-model focal {f_rot:.1f} px (relative sigma {sig_rot:.3g}, HFOV "
+                                              f"{fov:.1f} deg) not trusted: rotations re-fit with the default "
+                                              f"{cfg.default_hfov_deg:g} deg HFOV held fixed")
+                    rot = replace(fit_rotation_model(shot_tracks, idx, h, w, K_def, cfg), focal_sigma_rel=float("inf"))
+            if model == "sfm":
+                seg_reg = mp.registered
+                first = int(np.flatnonzero(seg_reg)[0])
+                w2c = np.tile(np.eye(4), (len(idx), 1, 1))
+                w2c[seg_reg, :3, :3] = mp.w2c_R[seg_reg]
+                w2c[seg_reg, :3, 3] = mp.w2c_t[seg_reg]
+                seg = np.linalg.inv(w2c)
+                seg = np.linalg.inv(seg[first]) @ seg
+                depth = mp.stats.get("median_depth", float("nan"))
+                if np.isfinite(depth) and depth > 0:
+                    seg[:, :3, 3] /= depth  # scale-free unit: median scene depth of the first keyframe
+                K_seg, sigma = mp.K, float(mp.stats.get("focal_sigma_rel", float("inf")))
+                if not focal_trusted and not untrusted_poses:
+                    K_seg, sigma = K_def, float("inf")
+                # Poses kept from the untrusted map keep its focal too: a pose is only right with the K it was
+                # solved with (the default K beside them would be a second, silent error). Its confidence says
+                # it is untrusted (sigma above focal_max_sigma_rel).
+                why = ("absolute pose not solved: no registered keyframe beside it, too few tracks on mapped points, or "
+                       "a turn from its keyframe too fast to be real")
+                rmses.append(mp.reprojection_rmse_px)
+            else:
+                seg_reg = rot.registered
+                seg = np.tile(np.eye(4), (len(idx), 1, 1))
+                seg[:, :3, :3] = np.transpose(rot.w2c_R, (0, 2, 1))
+                K_seg, sigma = rot.K, rot.focal_sigma_rel
+                why = "rotation-only: too few shared tracks with its anchor frame"
+                if model == "rotation_fallback":
+                    seg_reg = np.zeros(len(idx), bool)  # rotations only, no solved position: flagged
+                    why = "SfM registered too few frames; rotation-only pose, position held"
+                if len(rot.median_residual_px):
+                    rmses.append(float(np.median(rot.median_residual_px)))
+            source = "given" if Kg is not None else f"self_calibrated_{'sfm' if model == 'sfm' else 'rotation'}"
+            if Kg is None and not np.isfinite(sigma) and (model != "sfm" or not (focal_trusted or untrusted_poses)):
+                K_seg, source = K_def, "default_fov"  # focal not observable (static or featureless shot)
+            c2w[idx] = _fill(seg, seg_reg)
+            K[idx] = K_seg
+            reg[idx] = seg_reg
+            for k in np.flatnonzero(~seg_reg):
+                reasons[a + k] = why
+            info.update(model=model, focal_px=float(K_seg[0, 0]), focal_source=source, focal_trusted=focal_trusted,
+                        focal_sigma_rel=sigma if np.isfinite(sigma) else None,
+                        focal_confidence=1.0 if Kg is not None else focal_confidence(sigma))
+            shots.append(info)
     return ScaleFreeResult(c2w=c2w, K=K, registered=reg, reasons=reasons, shot_starts=starts, shots=shots,
                            reprojection_rmse_px=float(np.nanmean(rmses)) if rmses else float("nan"))

@@ -249,6 +249,37 @@ def test_focal_split_check_gives_the_same_answer_in_worker_processes(mixed_clip)
             PoseEstimatorConfig(**{name: 0.0})
 
 
+def test_group_maps_started_beside_the_all_track_map_change_nothing_and_leave_no_process(mixed_clip):
+    # With focal_split_workers > 1 the split check's group maps start in worker processes before the all-track
+    # map (SplitFocalCheck) instead of after it; poses, focal and every group figure must be the same as with
+    # the groups mapped one after another here, and no worker may outlive the call (nor a check closed unused).
+    import multiprocessing
+
+    import cv2
+
+    from components.annotate.colmap_backend import SplitFocalCheck
+    from components.annotate.tracks import track_clip
+
+    c = mixed_clip
+    one = estimate_poses(c.frames, c.fps, None, scale_free=True, config=PoseEstimatorConfig(focal_split_workers=1))
+    two = estimate_poses(c.frames, c.fps, None, scale_free=True, config=PoseEstimatorConfig(focal_split_workers=2))
+    assert multiprocessing.active_children() == []
+    chk1, chk2 = (r.diagnostics["shots"][0].get("focal_checks") for r in (one, two))
+    assert chk1 is not None  # the check ran, so the comparison covers the early start
+    np.testing.assert_array_equal(chk1["focal_split_px"], chk2["focal_split_px"])
+    np.testing.assert_array_equal(one.c2w, two.c2w)
+    np.testing.assert_array_equal(one.intrinsics, two.intrinsics)
+    assert one.intrinsics_source == two.intrinsics_source and one.focal_confidence == two.focal_confidence
+
+    gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in c.frames])
+    cfg = PoseEstimatorConfig(focal_split_workers=2)
+    check = SplitFocalCheck(track_clip(gray, cfg), np.arange(len(gray)), *gray.shape[1:], cfg)
+    assert len(multiprocessing.active_children()) == 1  # one worker maps already (the caller is the other)
+    check.close()
+    check.close()  # idempotent
+    assert multiprocessing.active_children() == []
+
+
 def test_colmap_log_goes_to_a_file_and_comes_back_on_failure(tmp_path, capfd):
     # pycolmap 4.2.1 ignores its own logging.minloglevel: each bundle adjustment writes INFO lines to fd 2.
     import pycolmap
