@@ -209,6 +209,8 @@ def _rows_real_footage(args) -> list[dict]:
                                 "models": [sh["model"] for sh in res.diagnostics["shots"]],
                                 "focal_fallback": [sh["focal_fallback"] for sh in res.diagnostics["shots"]
                                                    if sh.get("focal_fallback")],
+                                "model_selection": [sh["model_selection"] for sh in res.diagnostics["shots"]
+                                                    if sh.get("model_selection")],
                                 "dynamic_rejected_share": [sh.get("dynamic_tracks", {}).get("rejected_share")
                                                            for sh in res.diagnostics["shots"]],
                                 # Why the focal was (not) trusted: per shot, the sigma reported, the rotation
