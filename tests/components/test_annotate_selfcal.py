@@ -280,6 +280,20 @@ def test_group_maps_started_beside_the_all_track_map_change_nothing_and_leave_no
     assert multiprocessing.active_children() == []
 
 
+def test_split_check_groups_map_fewer_keyframes_but_never_too_few():
+    from components.annotate.colmap_backend import group_keyframe_step
+
+    cfg = PoseEstimatorConfig()
+    assert (cfg.colmap_keyframe_step, cfg.focal_split_keyframe_step, cfg.focal_split_min_keyframes) == (3, 6, 8)
+    assert group_keyframe_step(48, cfg) == 6 and group_keyframe_step(480, cfg) == 6  # the bench's clips
+    assert group_keyframe_step(30, cfg) == 3  # a thin shot keeps the shot's step (>= 8 keyframes)
+    assert group_keyframe_step(5, cfg) == 3  # never finer than the shot's own map
+    assert group_keyframe_step(48, PoseEstimatorConfig(focal_split_keyframe_step=0)) == 3
+    for name, bad in (("focal_split_keyframe_step", -1), ("focal_split_min_keyframes", 1)):
+        with pytest.raises(ValueError, match=name):
+            PoseEstimatorConfig(**{name: bad})
+
+
 def test_colmap_log_goes_to_a_file_and_comes_back_on_failure(tmp_path, capfd):
     # pycolmap 4.2.1 ignores its own logging.minloglevel: each bundle adjustment writes INFO lines to fd 2.
     import pycolmap
