@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--depth-model", help="local transformers metric-depth checkpoint dir")
     p.add_argument("--scale-free", action="store_true", help="no depth: poses up to scale (metric=False)")
     p.add_argument("--workers", type=int, default=2,
-                   help="processes that map the self-calibration check's track groups side by side (same result)")
+                   help="processes, this one included, that map the self-calibration check's track groups (the "
+                        "others start beside the shot's own map; the result is the same for any count)")
     return _single(p.parse_args(argv))
 
 
