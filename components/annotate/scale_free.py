@@ -8,9 +8,11 @@ Per shot (shot cuts found by `tracks.track_clip` split the clip):
    focal, refined in bundle adjustment and profiled; the focal is trusted only when its profile sigma is
    small (``focal_max_sigma_rel``) and the spread of maps of disjoint track groups
    (`colmap_backend.split_focal_check`) is below ``focal_max_split_sigma_rel`` (its confidence says how
-   wide it is), else the shot is re-mapped with the default FOV held fixed and flagged ``default_fov`` (when that map
-   registers fewer frames than the untrusted one, the untrusted map's poses are kept *with its focal*,
-   ``focal_trusted=False`` and a near-zero focal confidence);
+   wide it is); an untrusted focal on a shot the rotation model still explains to noise level
+   (``rotation_fallback_max_residual_px``, with a trusted focal of its own) makes the shot a rotation
+   (``model_selection`` says why); else the shot is re-mapped with the default FOV held fixed and flagged
+   ``default_fov`` (when that map registers fewer frames than the untrusted one, the untrusted map's poses are
+   kept *with its focal*, ``focal_trusted=False`` and a near-zero focal confidence);
 3. a frame that neither solved gets an interpolated pose, ``registered=False`` and a reason.
 
 Scale convention (SANA-WM trains on metric poses, which a scale-free clip cannot give): translations are
@@ -76,14 +78,19 @@ def _fill(c2w: np.ndarray, reg: np.ndarray) -> np.ndarray:
     return out
 
 
+def _focal_trusted(focal_px: float, sigma_rel: float, max_sigma_rel: float, width: int) -> bool:
+    """The trust test every self-calibrated focal passes (SfM's and the rotation model's): a relative sigma
+    at most ``max_sigma_rel`` and a horizontal field of view in [10, 170] degrees."""
+    if not (np.isfinite(sigma_rel) and sigma_rel <= max_sigma_rel and focal_px > 0):
+        return False
+    return 10.0 <= float(np.degrees(2 * np.arctan(0.5 * width / focal_px))) <= 170.0
+
+
 def _rotation_trusted(rot, p90: float, width: int, cfg: PoseEstimatorConfig) -> bool:
     """Does the rotation model explain a shot on its own: tracks to ``cfg.rotation_fallback_max_residual_px``
-    (90th percentile of the per-pair medians) and a focal that passes the same trust test as SfM's?"""
-    sig = rot.focal_sigma_rel
-    if not (p90 < cfg.rotation_fallback_max_residual_px and np.isfinite(sig) and sig <= cfg.focal_max_sigma_rel):
-        return False
-    fov = float(np.degrees(2 * np.arctan(0.5 * width / float(rot.K[0, 0]))))
-    return 10.0 <= fov <= 170.0
+    (90th percentile of the per-pair medians) and a focal that passes `_focal_trusted`?"""
+    return p90 < cfg.rotation_fallback_max_residual_px and _focal_trusted(float(rot.K[0, 0]), rot.focal_sigma_rel,
+                                                                           cfg.focal_max_sigma_rel, width)
 
 
 def scale_free_poses(gray: np.ndarray, K_given: np.ndarray | None, cfg: PoseEstimatorConfig) -> ScaleFreeResult:
@@ -154,7 +161,7 @@ def scale_free_poses(gray: np.ndarray, K_given: np.ndarray | None, cfg: PoseEsti
             if model == "sfm" and Kg is None:
                 f_sfm, sig_sfm = float(mp.K[0, 0]), float(mp.stats.get("focal_sigma_rel", float("inf")))
                 fov = float(np.degrees(2 * np.arctan(0.5 * w / f_sfm))) if f_sfm > 0 else 0.0
-                if cfg.focal_split_groups and sig_sfm <= cfg.focal_max_sigma_rel and 10.0 <= fov <= 170.0:
+                if cfg.focal_split_groups and _focal_trusted(f_sfm, sig_sfm, cfg.focal_max_sigma_rel, w):
                     # The profile's sigma assumes independent residuals; a sharp profile can sit in the wrong one of
                     # two basins, or be biased (see split_focal_check). Re-map disjoint track groups and trust the
                     # larger sigma.
@@ -166,7 +173,7 @@ def scale_free_poses(gray: np.ndarray, K_given: np.ndarray | None, cfg: PoseEsti
                 # and still beat the default FOV (measured: a clean strafe's halves 322-377 px around a -1.9 %
                 # estimate, sigma 7 %, where the default sat 19 % off); one that only the profile gave may not.
                 max_sig = cfg.focal_max_split_sigma_rel if "focal_checks" in info else cfg.focal_max_sigma_rel
-                sfm_focal_ok = sig_sfm <= max_sig and 10.0 <= fov <= 170.0
+                sfm_focal_ok = _focal_trusted(f_sfm, sig_sfm, max_sig, w)
                 if not sfm_focal_ok and _rotation_trusted(rot, p90, w, cfg):
                     # The same rule as for a shot SfM could not register: no trusted focal from the map, and the
                     # rotation model explains the tracks to noise level with one of its own, so the shot is a
@@ -210,7 +217,7 @@ def scale_free_poses(gray: np.ndarray, K_given: np.ndarray | None, cfg: PoseEsti
             if model != "sfm" and Kg is None and np.isfinite(rot.focal_sigma_rel):
                 f_rot, sig_rot = float(rot.K[0, 0]), rot.focal_sigma_rel
                 fov = float(np.degrees(2 * np.arctan(0.5 * w / f_rot)))
-                if not (sig_rot <= cfg.focal_max_sigma_rel and 10.0 <= fov <= 170.0):
+                if not _focal_trusted(f_rot, sig_rot, cfg.focal_max_sigma_rel, w):
                     # The same trust test as SfM's: a hard turn's rotation fit gave +433 % (sigma 8 %) and posed
                     # the clip with it. Re-fit the rotations with the flagged default FOV instead.
                     info["focal_fallback"] = (f"rotation-model focal {f_rot:.1f} px (relative sigma {sig_rot:.3g}, HFOV "
