@@ -80,6 +80,10 @@ def config_overrides(pairs: list[str]) -> dict:
                          else type(default)(text) if isinstance(default, (int, float, str)) else json.loads(text))
         except ValueError as e:
             raise SystemExit(f"--set {pair!r}: {text!r} is not a {type(default).__name__}: {e}") from e
+    try:
+        PoseEstimatorConfig(**out)  # the config's own range checks, before any clip is rendered
+    except ValueError as e:
+        raise SystemExit(f"--set: {e}") from e
     return out
 
 

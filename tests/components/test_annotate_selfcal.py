@@ -280,6 +280,24 @@ def test_group_maps_started_beside_the_all_track_map_change_nothing_and_leave_no
     assert multiprocessing.active_children() == []
 
 
+@pytest.mark.timeout(300)
+def test_a_split_check_worker_that_dies_is_an_error_not_a_wait(mixed_clip):
+    # A worker killed (out of memory, say) before it sends its groups: result() maps what is left itself, then
+    # says the worker is gone instead of waiting for its message forever.
+    import cv2
+
+    from components.annotate.colmap_backend import SplitFocalCheck
+    from components.annotate.tracks import track_clip
+
+    c = mixed_clip
+    gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in c.frames])
+    cfg = PoseEstimatorConfig(focal_split_workers=2)
+    check = SplitFocalCheck(track_clip(gray, cfg), np.arange(len(gray)), *gray.shape[1:], cfg)
+    check._procs[0].kill()
+    with pytest.raises(RuntimeError, match="workers exited .* result\\(s\\) missing"):
+        check.result(230.0)
+
+
 def test_split_check_groups_map_fewer_keyframes_but_never_too_few():
     from components.annotate.colmap_backend import group_keyframe_step
 
