@@ -104,6 +104,9 @@ class PoseEstimatorConfig:
     # One thread: COLMAP's worker threads race (a hard clip registered 0 or 45 of 48 frames on two runs in one
     # process with 2); with one, a clip's poses repeat exactly, and the batch step already runs clips in parallel.
     colmap_threads: int = 1
+    # Ceres' stop on the relative change of the cost in the focal profile's bundle adjustments (COLMAP's 0 runs
+    # every allowed iteration after convergence: colmap_backend._ba_options).
+    colmap_ba_function_tolerance: float = 1e-6
     random_seed: int = 0  # OpenCV's RANSAC and every pycolmap generator, seeded per clip (repeatable poses)
     colmap_keyframe_step: int = 3  # map every k-th frame with SfM, register the rest by absolute pose
     # ... beside a registered keyframe, turning from it by at most this per frame (a fast 180 deg/s pan at
@@ -206,6 +209,9 @@ class PoseEstimatorConfig:
             raise ValueError(f"PoseEstimatorConfig.pnp_max_turn_deg_per_frame must be > 0, got {self.pnp_max_turn_deg_per_frame}")
         if not 0.0 <= self.focal_fallback_min_kept <= 1.0:
             raise ValueError(f"PoseEstimatorConfig.focal_fallback_min_kept must be in [0,1], got {self.focal_fallback_min_kept}")
+        if not 0.0 <= self.colmap_ba_function_tolerance < 1.0:
+            raise ValueError("PoseEstimatorConfig.colmap_ba_function_tolerance must be in [0,1) (a relative change of "
+                             f"the cost; 0 = COLMAP's, every iteration), got {self.colmap_ba_function_tolerance}")
         if self.focal_split_workers < 1:
             raise ValueError(f"PoseEstimatorConfig.focal_split_workers must be >= 1, got {self.focal_split_workers}")
         for name in ("focal_profile_step", "focal_split_profile_step"):

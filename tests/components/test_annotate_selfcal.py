@@ -113,6 +113,8 @@ def test_bad_config_names_the_field():
         PoseEstimatorConfig(pnp_max_turn_deg_per_frame=0.0)
     with pytest.raises(ValueError, match="focal_fallback_min_kept"):
         PoseEstimatorConfig(focal_fallback_min_kept=1.5)
+    with pytest.raises(ValueError, match="colmap_ba_function_tolerance"):
+        PoseEstimatorConfig(colmap_ba_function_tolerance=-1e-6)
 
 
 def _degrade(frames, seed=0):
@@ -310,6 +312,36 @@ def test_split_check_groups_map_fewer_keyframes_but_never_too_few():
     for name, bad in (("focal_split_keyframe_step", -1), ("focal_split_min_keyframes", 1)):
         with pytest.raises(ValueError, match=name):
             PoseEstimatorConfig(**{name: bad})
+
+
+def test_a_group_that_fails_at_the_coarse_step_is_mapped_again_at_the_shots_step(monkeypatch):
+    """A coarse group map that cannot pin its focal is thin evidence, not evidence against the focal: the
+    group is re-mapped at the shot's own keyframe step before it counts as failed (bench clean mixed clip:
+    split sigma inf -> the focal kept at +1.2 % instead of the -19 % default FOV)."""
+    from components.annotate import colmap_backend as cb
+    from components.annotate.tracks import Tracks
+
+    calls = []
+
+    def fake_map(part, fidx, h, w, focal, cfg, fixed_K=None):
+        calls.append((cfg.colmap_keyframe_step, cfg.colmap_mapper))
+        pinned = cfg.colmap_keyframe_step in pinned_at
+        k = np.diag([300.0 + cfg.colmap_keyframe_step, 300.0, 1.0])
+        return cb.MapResult(np.zeros((len(fidx), 3, 3)), np.zeros((len(fidx), 3)), np.ones(len(fidx), bool), k, 0.3,
+                            100, {"focal_sigma_rel": 0.01 if pinned else float("inf"), "mapper": cfg.colmap_mapper})
+
+    monkeypatch.setattr(cb, "map_tracks", fake_map)
+    tracks = Tracks(obs=[], num_tracks=0, survival=np.ones(48), cuts=[])  # the fake mapper never reads them
+    job = (tracks, np.arange(48), 192, 320, PoseEstimatorConfig())
+    pinned_at = {3}
+    out = cb._map_group(job)
+    assert calls == [(6, "incremental"), (3, "incremental")] and out["focal_px"] == 303.0 and out["keyframe_step"] == 3
+    calls.clear()
+    pinned_at = {6}  # passes at the coarse step: mapped once
+    assert cb._map_group(job)["focal_px"] == 306.0 and calls == [(6, "incremental")]
+    calls.clear()
+    pinned_at = set()  # fails at both: NaN, and still only the two steps
+    assert np.isnan(cb._map_group(job)["focal_px"]) and calls == [(6, "incremental"), (3, "incremental")]
 
 
 def test_colmap_log_goes_to_a_file_and_comes_back_on_failure(tmp_path, capfd):
