@@ -5,7 +5,8 @@ Per shot (shot cuts found by `tracks.track_clip` split the clip):
    bearings); if it explains the shot (residual below ``rotation_max_residual_px``) the shot is posed
    as pure rotation: zero translation, the focal from the rotation fit;
 2. otherwise pycolmap maps the shot's KLT tracks (`colmap_backend.map_tracks`) from COLMAP's default
-   focal, refined in bundle adjustment and profiled; the focal is trusted only when its profile sigma is
+   focal, refined in bundle adjustment and profiled (a near pan, residual below
+   ``sfm_global_first_max_residual_px``, by the global mapper: the incremental one fails there slowly); the focal is trusted only when its profile sigma is
    small (``focal_max_sigma_rel``) and the spread of maps of disjoint track groups
    (`colmap_backend.split_focal_check`) is below ``focal_max_split_sigma_rel`` (its confidence says how
    wide it is); an untrusted focal on a shot the rotation model still explains to noise level
@@ -138,8 +139,14 @@ def scale_free_poses(gray: np.ndarray, K_given: np.ndarray | None, cfg: PoseEsti
                 # COLMAP starts from its own default (1.2 max(H,W)): the rotation fit's focal is biased under
                 # translation (measured +365 % focal error on a strafe when used as the start).
                 f_init = None
-                mp = map_tracks(shot_tracks, idx, h, w, f_init, cfg, fixed_K=Kg)
-                if mp.registered.sum() < max(3, cfg.min_registered_fraction * len(idx)) and cfg.colmap_mapper == "incremental":
+                first_cfg = cfg
+                if p90 < cfg.sfm_global_first_max_residual_px and cfg.colmap_mapper == "incremental":
+                    # Nearly a pan: the incremental mapper would fail on it slowly, and the global one follow.
+                    first_cfg = replace(cfg, colmap_mapper="global")
+                    info["sfm_global_first"] = (f"rotation p90 residual {p90:.2f} px < "
+                                                f"{cfg.sfm_global_first_max_residual_px:g}: global mapper first")
+                mp = map_tracks(shot_tracks, idx, h, w, f_init, first_cfg, fixed_K=Kg)
+                if mp.registered.sum() < max(3, cfg.min_registered_fraction * len(idx)) and first_cfg.colmap_mapper == "incremental":
                     # Incremental SfM splits slow, low-parallax shots into fragments; the global mapper (rotation
                     # averaging, then positions) holds them together. Measured: 5/11 -> 11/11 keyframes.
                     mp = map_tracks(shot_tracks, idx, h, w, f_init, replace(cfg, colmap_mapper="global"), fixed_K=Kg)

@@ -33,6 +33,21 @@ def test_pure_rotation_is_posed_as_rotation_with_self_calibrated_focal(yaw_clip)
     assert _focal_err(res, c) < 0.02 and res.focal_confidence > 0.5
 
 
+def test_a_near_pan_goes_to_the_global_mapper_first_and_is_still_posed_as_rotation(yaw_clip):
+    """Below sfm_global_first_max_residual_px the incremental mapper (which fails on a pan, slowly) is skipped;
+    the answer is the rotation model's either way. rotation_max_residual_px=0 sends the pan through SfM."""
+    c = yaw_clip
+    base = dict(rotation_max_residual_px=0.0, focal_split_workers=1)
+    fast = estimate_poses(c.frames, c.fps, None, scale_free=True, config=PoseEstimatorConfig(**base))
+    sh = fast.diagnostics["shots"][0]
+    assert sh["model"] == "rotation" and sh["sfm"]["mapper"] == "global" and "global mapper first" in sh["sfm_global_first"]
+    slow = estimate_poses(c.frames, c.fps, None, scale_free=True,
+                          config=PoseEstimatorConfig(**base, sfm_global_first_max_residual_px=0.0))
+    assert "sfm_global_first" not in slow.diagnostics["shots"][0] and slow.diagnostics["shots"][0]["model"] == "rotation"
+    np.testing.assert_allclose(fast.c2w, slow.c2w)
+    assert M.relative_rotation_error(fast.c2w, c.c2w).mean() < 0.5
+
+
 def test_translating_clip_self_calibrates_through_sfm(mixed_clip):
     c = mixed_clip
     res = estimate_poses(c.frames, c.fps, None, scale_free=True)
@@ -113,6 +128,8 @@ def test_bad_config_names_the_field():
         PoseEstimatorConfig(pnp_max_turn_deg_per_frame=0.0)
     with pytest.raises(ValueError, match="focal_fallback_min_kept"):
         PoseEstimatorConfig(focal_fallback_min_kept=1.5)
+    with pytest.raises(ValueError, match="sfm_global_first_max_residual_px"):
+        PoseEstimatorConfig(sfm_global_first_max_residual_px=-1.0)
     with pytest.raises(ValueError, match="colmap_ba_function_tolerance"):
         PoseEstimatorConfig(colmap_ba_function_tolerance=-1e-6)
 
