@@ -37,7 +37,7 @@ def test_a_near_pan_goes_to_the_global_mapper_first_and_is_still_posed_as_rotati
     """Below sfm_global_first_max_residual_px the incremental mapper (which fails on a pan, slowly) is skipped;
     the answer is the rotation model's either way. rotation_max_residual_px=0 sends the pan through SfM."""
     c = yaw_clip
-    base = dict(rotation_max_residual_px=0.0, focal_split_workers=1)
+    base = {"rotation_max_residual_px": 0.0, "focal_split_workers": 1}
     fast = estimate_poses(c.frames, c.fps, None, scale_free=True, config=PoseEstimatorConfig(**base))
     sh = fast.diagnostics["shots"][0]
     assert sh["model"] == "rotation" and sh["sfm"]["mapper"] == "global" and "global mapper first" in sh["sfm_global_first"]
