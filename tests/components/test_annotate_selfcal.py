@@ -130,6 +130,8 @@ def test_bad_config_names_the_field():
         PoseEstimatorConfig(focal_fallback_min_kept=1.5)
     with pytest.raises(ValueError, match="sfm_global_first_max_residual_px"):
         PoseEstimatorConfig(sfm_global_first_max_residual_px=-1.0)
+    with pytest.raises(ValueError, match="colmap_joint_ba_loss_px"):
+        PoseEstimatorConfig(colmap_joint_ba_loss_px=-1.0)
     with pytest.raises(ValueError, match="colmap_ba_function_tolerance"):
         PoseEstimatorConfig(colmap_ba_function_tolerance=-1e-6)
 
@@ -363,6 +365,31 @@ def test_a_group_that_fails_at_the_coarse_step_is_mapped_again_at_the_shots_step
     calls.clear()
     pinned_at = set()  # fails everywhere: NaN after both steps and both mappers
     assert np.isnan(cb._map_group(job)["focal_px"]) and calls == [(6, inc), (6, glob), (3, inc), (3, glob)]
+
+
+def test_joint_bundle_adjustment_refines_the_pnp_frames_with_the_keyframe_map(mixed_clip):
+    """The frames PnP posed between keyframes join one BA with the map: their poses move (they carry
+    observations there), every registered frame takes part, and without it nothing of that is reported."""
+    from dataclasses import replace
+
+    from components.annotate.colmap_backend import map_tracks
+    from components.annotate.tracks import track_clip
+
+    c = mixed_clip
+    gray = np.stack([np.dot(f[..., :3], [0.299, 0.587, 0.114]).astype(np.uint8) for f in c.frames])
+    n, h, w = gray.shape
+    cfg = PoseEstimatorConfig(colmap_mapper="global")  # this thin clip's incremental map fragments (see scale_free)
+    tracks = track_clip(gray, cfg)
+    on = map_tracks(tracks, np.arange(n), h, w, None, cfg)
+    off = map_tracks(tracks, np.arange(n), h, w, None, replace(cfg, colmap_joint_ba=False))
+    assert on.registered.sum() >= 0.9 * n and (on.registered == off.registered).all()
+    assert on.stats["joint_ba_frames"] == on.registered.sum() and "joint_ba_frames" not in off.stats
+    assert on.stats["focal_keyframe_map_px"] == pytest.approx(off.K[0, 0])  # the same map before the joint BA
+    rest = on.registered.copy()
+    rest[:: cfg.colmap_keyframe_step] = False
+    moved = np.abs(on.w2c_t[rest] - off.w2c_t[rest]).max(axis=1) / np.abs(off.w2c_t[rest]).max()
+    assert np.median(moved) > 1e-6  # PnP frames without observations in the BA would stay where PnP put them
+    assert np.isfinite(on.reprojection_rmse_px) and on.reprojection_rmse_px < 1.0
 
 
 def test_colmap_log_goes_to_a_file_and_comes_back_on_failure(tmp_path, capfd):
