@@ -324,36 +324,32 @@ def group_keyframe_step(num_frames: int, cfg: PoseEstimatorConfig) -> int:
 def _map_group(job: tuple) -> dict:
     """One track group of `split_focal_check`: its self-calibrated focal (NaN when it did not map) and map stats.
 
-    The group is mapped at `group_keyframe_step`; a group that then fails (too few frames registered, or a focal
-    its profile does not pin down) is mapped again at the shot's own ``colmap_keyframe_step`` before it counts
-    as failed: half the tracks on every 6th frame can be too thin where every 3rd is not (measured on the
-    bench's clean mixed clip at 50 deg: a group registered 29/48 frames with an unpinned focal at step 6, which
-    made the split sigma inf and sent a focal 1.2 % off to the -19 % default FOV). At each step a failed
-    incremental map is tried once more by the global mapper. The retries cost only where a group fails, which on
-    hard clips is every group.
+    The group is mapped at `group_keyframe_step` by the shot's mapper; when that map fails (too few frames
+    registered, or a focal its profile does not pin down) the global mapper tries once more before the group
+    counts as failed. Measured on the bench's clean mixed clip at 50 deg: a group's incremental map registered
+    29/48 frames with an unpinned focal, which made the split sigma inf and sent a focal 1.2 % off to the -19 %
+    default FOV; the global map of the same group pinned +1.7 % in 0.7 s. Mapping it again at the shot's finer
+    keyframe step also worked, in 2.5 s, and on the hard clips (where every group fails) doubled the check's
+    cost without saving a group, so it is not done.
     """
     part, fidx, height, width, cfg = job
     t0 = time.perf_counter()
     need = max(3, cfg.min_registered_fraction * len(fidx))
-    coarse = group_keyframe_step(len(fidx), cfg)
-    for step in dict.fromkeys((coarse, cfg.colmap_keyframe_step)):  # the coarse step, then the shot's (once)
-        # A group is mapped for its focal only: a joint BA that holds the focal cannot change it.
-        g_cfg = replace(cfg, focal_profile_step=cfg.focal_split_profile_step,  # a basin, not a sigma (see the config)
-                        colmap_keyframe_step=step, colmap_joint_ba=cfg.colmap_joint_ba and cfg.colmap_joint_ba_refine_focal)
-        mp = map_tracks(part, fidx, height, width, None, g_cfg)
+    # A group is mapped for its focal only: a joint BA that holds the focal cannot change it.
+    g_cfg = replace(cfg, focal_profile_step=cfg.focal_split_profile_step,  # a basin, not a sigma (see the config)
+                    colmap_keyframe_step=group_keyframe_step(len(fidx), cfg),
+                    colmap_joint_ba=cfg.colmap_joint_ba and cfg.colmap_joint_ba_refine_focal)
+    mp = map_tracks(part, fidx, height, width, None, g_cfg)
+    ok = _group_ok(mp, need)
+    if not ok and cfg.colmap_mapper == "incremental":
+        # As for the whole shot (scale_free_poses): fragments of a slow shot are held together by the
+        # global mapper (measured: a 192x120 half registered 6/30 frames incremental, 30/30 global).
+        mp = map_tracks(part, fidx, height, width, None, replace(g_cfg, colmap_mapper="global"))
         ok = _group_ok(mp, need)
-        if not ok and cfg.colmap_mapper == "incremental":
-            # As for the whole shot (scale_free_poses): fragments of a slow shot are held together by the
-            # global mapper (measured: a 192x120 half registered 6/30 frames incremental, 30/30 global; the clean
-            # mixed group above 9/9 keyframes and +1.7 % in 0.7 s, where step 3 took 2.5 s).
-            mp = map_tracks(part, fidx, height, width, None, replace(g_cfg, colmap_mapper="global"))
-            ok = _group_ok(mp, need)
-        if ok:
-            break
     prof = [f for f, _ in mp.stats.get("focal_profile", [])]
     return {"focal_px": float(mp.K[0, 0]) if ok else float("nan"), "registered": int(mp.registered.sum()),
             "focal_sigma_rel": mp.stats.get("focal_sigma_rel"), "focal_rivals_px": mp.stats.get("focal_rivals_px"),
-            "mapper": mp.stats.get("mapper"), "keyframes": mp.stats.get("keyframes"), "keyframe_step": step,
+            "mapper": mp.stats.get("mapper"), "keyframes": mp.stats.get("keyframes"),
             "profile_bundle_adjustments": len(prof),
             "profile_step_rel": float(np.exp(np.median(np.diff(np.log(prof))))) - 1.0 if len(prof) > 1 else None,
             "seconds": time.perf_counter() - t0}
