@@ -30,7 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from model.camera import relative_to_first, rotation_angle, validate_trajectory
+# model.camera (torch, ~1.1 s to import) is imported inside the three functions that use it: the annotator needs
+# only default_intrinsics from here, and every split-check worker process re-imports its caller's main module
+# (measured: a worker was up 1.2-1.6 s after start() with torch in that chain, 0.01 s without).
+
 
 __all__ = [
     "Action",
@@ -158,6 +161,8 @@ class Trajectory:
         k = np.array(self.intrinsics, dtype=np.float64)
         if k.shape == (3, 3) and c2w.ndim == 3:
             k = np.repeat(k[None], c2w.shape[0], axis=0)
+        from model.camera import validate_trajectory  # torch: imported where used (see the module's imports)
+
         validate_trajectory(c2w, k, name="Trajectory")
         fps = float(self.fps)
         if not (math.isfinite(fps) and fps > 0):
@@ -177,6 +182,8 @@ class Trajectory:
 
     def relative(self) -> Trajectory:
         """The same path expressed in frame 0's camera frame (c2w[0] = I), metres kept."""
+        from model.camera import relative_to_first
+
         return Trajectory(relative_to_first(self.c2w).numpy(), self.intrinsics, self.fps)
 
 
@@ -327,6 +334,8 @@ def summarize(traj: Trajectory) -> str:
     rel = traj.relative().c2w
     pos = rel[:, :3, 3]
     path_len = float(np.linalg.norm(np.diff(pos, axis=0), axis=1).sum())
+    from model.camera import rotation_angle
+
     final_angle = math.degrees(float(rotation_angle(rel[-1])))
     k = traj.intrinsics[0]
     return "\n".join([
