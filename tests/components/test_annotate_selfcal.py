@@ -302,6 +302,17 @@ def test_group_maps_started_beside_the_all_track_map_change_nothing_and_leave_no
 
 
 @pytest.mark.timeout(300)
+def test_the_annotator_imports_without_torch():
+    """Every split-check worker re-imports its caller's main module before it maps; with torch in the annotator's
+    import chain (model.camera, via model.trajectory) that took 1.2-1.6 s per worker, 0.7-1.0 s without."""
+    import subprocess
+    import sys
+
+    code = "import sys, components.annotate.poses, components.annotate.scale_free; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
 def test_a_split_check_worker_that_dies_is_an_error_not_a_wait(mixed_clip):
     # A worker killed (out of memory, say) before it sends its groups: result() maps what is left itself, then
     # says the worker is gone instead of waiting for its message forever.
