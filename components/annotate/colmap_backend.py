@@ -447,7 +447,9 @@ def _joint_bundle_adjustment(pc, rec, tracks: Tracks, fidx, kf, R, t, reg, inlie
                 out.add_observation(pid_of[int(ids[i])], pc.TrackElement(next_id, int(i)))
         added[j] = next_id
         next_id += 1
-    opts = _ba_options(pc, cfg, refine_focal=refine_focal)
+    # Capped: at 480 frames (160 keyframes + 320 PnP frames) one iteration took 0.8 s, and 100 of them 27 s; 10
+    # gave the same 48-frame bench rows as 100.
+    opts = _ba_options(pc, cfg, refine_focal=refine_focal, iters=cfg.colmap_joint_ba_iters)
     if cfg.colmap_joint_ba_loss_px > 0:
         opts.ceres.loss_function_type = pc.LossFunctionType.CAUCHY
         opts.ceres.loss_function_scale = cfg.colmap_joint_ba_loss_px

@@ -120,6 +120,7 @@ class PoseEstimatorConfig:
     colmap_joint_ba: bool = True
     colmap_joint_ba_loss_px: float = 1.0
     colmap_joint_ba_refine_focal: bool = False
+    colmap_joint_ba_iters: int = 10  # Ceres iterations of that BA
     # Incremental mapper: models started per shot (COLMAP's default 50). Only the largest is kept, and one
     # covering less than min_registered_fraction sends the shot to the global mapper, so more models are
     # spent effort; on a pure pan every model fails slowly (no triangulation angle): see colmap_backend.
@@ -209,6 +210,8 @@ class PoseEstimatorConfig:
         if self.sfm_global_first_max_residual_px < 0:
             raise ValueError("PoseEstimatorConfig.sfm_global_first_max_residual_px must be >= 0 (px; 0 = off), got "
                              f"{self.sfm_global_first_max_residual_px}")
+        if self.colmap_joint_ba_iters < 1:
+            raise ValueError(f"PoseEstimatorConfig.colmap_joint_ba_iters must be >= 1, got {self.colmap_joint_ba_iters}")
         if self.colmap_joint_ba_loss_px < 0:
             raise ValueError(f"PoseEstimatorConfig.colmap_joint_ba_loss_px must be >= 0 (px; 0 = squared error), got {self.colmap_joint_ba_loss_px}")
         if self.colmap_max_models < 1:

@@ -130,6 +130,8 @@ def test_bad_config_names_the_field():
         PoseEstimatorConfig(focal_fallback_min_kept=1.5)
     with pytest.raises(ValueError, match="sfm_global_first_max_residual_px"):
         PoseEstimatorConfig(sfm_global_first_max_residual_px=-1.0)
+    with pytest.raises(ValueError, match="colmap_joint_ba_iters"):
+        PoseEstimatorConfig(colmap_joint_ba_iters=0)
     with pytest.raises(ValueError, match="colmap_joint_ba_loss_px"):
         PoseEstimatorConfig(colmap_joint_ba_loss_px=-1.0)
     with pytest.raises(ValueError, match="colmap_ba_function_tolerance"):
