@@ -440,7 +440,8 @@ def _joint_bundle_adjustment(pc, rec, tracks: Tracks, fidx, kf, R, t, reg, inlie
     added: dict[int, int] = {}
     for j, sel in inliers.items():
         ids, pts = tracks.obs[fidx[j]]
-        img = pc.Image(name=f"rest{j:06d}.png", keypoints=pts.astype(np.float64) + 0.5, camera_id=cam_id, image_id=next_id)
+        img = pc.Image(name=f"rest{j:06d}.png", keypoints=pts.astype(np.float64) + 0.5, camera_id=cam_id,
+                       image_id=next_id)
         out.add_image_with_trivial_frame(img, pc.Rigid3d(pc.Rotation3d(R[j]), t[j]))
         for i in sel:
             if int(ids[i]) in pid_of:

@@ -6,10 +6,10 @@ Per shot (shot cuts found by `tracks.track_clip` split the clip):
    as pure rotation: zero translation, the focal from the rotation fit;
 2. otherwise pycolmap maps the shot's KLT tracks (`colmap_backend.map_tracks`) from COLMAP's default
    focal, refined in bundle adjustment and profiled (a near pan, residual below
-   ``sfm_global_first_max_residual_px``, by the global mapper: the incremental one fails there slowly); the focal is trusted only when its profile sigma is
-   small (``focal_max_sigma_rel``) and the spread of maps of disjoint track groups
-   (`colmap_backend.split_focal_check`) is below ``focal_max_split_sigma_rel`` (its confidence says how
-   wide it is); an untrusted focal on a shot the rotation model still explains to noise level
+   ``sfm_global_first_max_residual_px``, by the global mapper: the incremental one fails there slowly);
+   the focal is trusted only when its profile sigma is small (``focal_max_sigma_rel``) and the spread of
+   maps of disjoint track groups (`colmap_backend.split_focal_check`) is below ``focal_max_split_sigma_rel``
+   (its confidence says how wide it is); an untrusted focal on a shot the rotation model still explains to noise level
    (``rotation_fallback_max_residual_px``, with a trusted focal of its own) makes the shot a rotation
    (``model_selection`` says why); else the shot is re-mapped with the default FOV held fixed and flagged
    ``default_fov`` (when that map registers fewer frames than the untrusted one, the untrusted map's poses are
@@ -146,7 +146,8 @@ def scale_free_poses(gray: np.ndarray, K_given: np.ndarray | None, cfg: PoseEsti
                     info["sfm_global_first"] = (f"rotation p90 residual {p90:.2f} px < "
                                                 f"{cfg.sfm_global_first_max_residual_px:g}: global mapper first")
                 mp = map_tracks(shot_tracks, idx, h, w, f_init, first_cfg, fixed_K=Kg)
-                if mp.registered.sum() < max(3, cfg.min_registered_fraction * len(idx)) and first_cfg.colmap_mapper == "incremental":
+                need = max(3, cfg.min_registered_fraction * len(idx))
+                if mp.registered.sum() < need and first_cfg.colmap_mapper == "incremental":
                     # Incremental SfM splits slow, low-parallax shots into fragments; the global mapper (rotation
                     # averaging, then positions) holds them together. Measured: 5/11 -> 11/11 keyframes.
                     mp = map_tracks(shot_tracks, idx, h, w, f_init, replace(cfg, colmap_mapper="global"), fixed_K=Kg)
