@@ -421,8 +421,9 @@ def _joint_bundle_adjustment(pc, rec, tracks: Tracks, fidx, kf, R, t, reg, inlie
     refined here it moved by up to 2 % (walk -2.06 -> +0.01 %, but a rendered orbit +0.2 -> +2.1 %, and the turn's
     split sigma narrowed below its error). Measured on the bench's clean clips at 50 deg (`bench/annotate.py
     --mode real-footage`), before -> after: ATE Sim(3) walk 5.6 -> 5.4 mm, orbit 2.1 -> 1.5, strafe 4.9 -> 4.0,
-    turn 19.6 -> 18.7; rotation error turn 0.131 -> 0.125 deg. It costs one BA, 0.2-0.4 s. Held-K maps (given or
-    default intrinsics) are adjusted the same way.
+    turn 19.6 -> 18.7; rotation error turn 0.131 -> 0.125 deg. It costs one BA, 0.2-0.4 s at 48 frames; at 480
+    frames it cost 7.7 s and the walk's ATE rose 17.3 -> 20.3 mm. Maps with given intrinsics are adjusted the same
+    way; scale_free_poses turns it off for the default-FOV re-map (a focal known to be wrong).
     R, t (M,3,3)/(M,3) are updated in place for every registered frame.
     """
     out = pc.Reconstruction(rec)
@@ -594,8 +595,9 @@ def _chi2(rec, sigma_px: float) -> float:
 
 
 def _ba_options(pc, cfg: PoseEstimatorConfig, refine_focal: bool, iters: int | None = None):
-    """pycolmap BundleAdjustmentOptions for the focal profile: the focal refined or held, nothing else of the
-    camera; Ceres stops at a relative cost change of ``cfg.colmap_ba_function_tolerance``."""
+    """pycolmap BundleAdjustmentOptions for our own BAs (focal profile, joint BA): the focal refined or held,
+    nothing else of the camera; Ceres stops at a relative cost change of ``cfg.colmap_ba_function_tolerance`` or
+    after ``iters`` iterations (None: Ceres' default)."""
     opts = pc.BundleAdjustmentOptions()
     opts.refine_focal_length = refine_focal
     opts.refine_principal_point = False

@@ -9,8 +9,8 @@ Per shot (shot cuts found by `tracks.track_clip` split the clip):
    ``sfm_global_first_max_residual_px``, by the global mapper: the incremental one fails there slowly);
    the focal is trusted only when its profile sigma is small (``focal_max_sigma_rel``) and the spread of
    maps of disjoint track groups (`colmap_backend.split_focal_check`) is below ``focal_max_split_sigma_rel``
-   (its confidence says how wide it is); an untrusted focal on a shot the rotation model still explains to noise level
-   (``rotation_fallback_max_residual_px``, with a trusted focal of its own) makes the shot a rotation
+   (its confidence says how wide it is); an untrusted focal on a shot the rotation model still explains to
+   noise level (``rotation_fallback_max_residual_px``, with a trusted focal of its own) makes the shot a rotation
    (``model_selection`` says why); else the shot is re-mapped with the default FOV held fixed and flagged
    ``default_fov`` (when that map registers fewer frames than the untrusted one, the untrusted map's poses are
    kept *with its focal*, ``focal_trusted=False`` and a near-zero focal confidence);

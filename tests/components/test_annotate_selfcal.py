@@ -304,6 +304,21 @@ def test_group_maps_started_beside_the_all_track_map_change_nothing_and_leave_no
 
 
 @pytest.mark.timeout(300)
+def test_our_bundle_adjustments_stop_at_the_configured_tolerance_and_cap():
+    """COLMAP's function tolerance 0 runs every allowed iteration; ours stop at colmap_ba_function_tolerance,
+    and the joint BA at colmap_joint_ba_iters."""
+    import pycolmap
+
+    from components.annotate.colmap_backend import _ba_options
+
+    cfg = PoseEstimatorConfig(colmap_ba_function_tolerance=3e-6, colmap_joint_ba_iters=7)
+    held = _ba_options(pycolmap, cfg, refine_focal=False, iters=cfg.colmap_joint_ba_iters)
+    s = held.ceres.solver_options
+    assert s.function_tolerance == pytest.approx(3e-6) and s.max_num_iterations == 7 and s.num_threads == 1
+    assert not held.refine_focal_length and _ba_options(pycolmap, cfg, refine_focal=True).refine_focal_length
+    assert pycolmap.BundleAdjustmentOptions().ceres.solver_options.function_tolerance == 0.0  # what it replaces
+
+
 def test_the_annotator_imports_without_torch():
     """Every split-check worker re-imports its caller's main module before it maps; with torch in the annotator's
     import chain (model.camera, via model.trajectory) that took 1.2-1.6 s per worker, 0.7-1.0 s without."""
